@@ -1,0 +1,1 @@
+"""Model families: checkpoint layouts, key conversion, precision, attention, compile and offload."""

@@ -1,0 +1,197 @@
+"""Reading checkpoint files (safetensors, sharded safetensors, .pt/.pth) and loading them strictly.
+
+Every failure names the file; strict loading names the key and the layout that was assumed, so a user
+can tell a truncated download from a wrong model from a renamed file.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Callable, Iterable
+
+import torch
+from safetensors import safe_open
+
+from ..errors import CheckpointMismatchError, ModelFilesError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _open_safetensors(path: pathlib.Path):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as error:  # safetensors raises its own error types for a bad header or a short file
+        raise ModelFilesError(
+            f"{path}: cannot read this safetensors file ({error}). It is truncated or corrupt: "
+            "delete it and download it again."
+        ) from error
+
+
+def _load_pickle(path: pathlib.Path) -> dict:
+    try:
+        # weights_only: a .pt/.pth file can run code when unpickled; never allow that.
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "zip" in str(error) or "mmap" in str(error):
+            data = _load_pickle_without_mmap(path)
+        else:
+            raise ModelFilesError(
+                f"{path}: cannot read this checkpoint ({error}). It is truncated or corrupt: "
+                "delete it and download it again."
+            ) from error
+    except Exception as error:
+        raise ModelFilesError(
+            f"{path}: cannot read this checkpoint safely ({type(error).__name__}: {error}). Reelsmith reads "
+            ".pt/.pth files with torch.load(weights_only=True) only; a file that needs more is refused."
+        ) from error
+    if isinstance(data, dict) and "module" in data and isinstance(data["module"], dict):
+        data = data["module"]  # DeepSpeed-style model states keep the weights under "module"
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelFilesError(f"{path}: expected a dictionary of tensors, found {type(data).__name__}.")
+    return data
+
+
+def _load_pickle_without_mmap(path: pathlib.Path) -> dict:
+    try:  # legacy (non-zip) .pth files cannot be memory-mapped
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelFilesError(
+            f"{path}: cannot read this checkpoint ({error}). It is truncated or corrupt: "
+            "delete it and download it again."
+        ) from error
+
+
+def shard_files(path: pathlib.Path) -> list[pathlib.Path]:
+    """A checkpoint given as a file, a `*.index.json` or a folder of shards -> the files to read."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if indexes:
+            return shard_files(indexes[0])
+        files = sorted(p for p in path.iterdir() if p.suffix in SAFETENSORS_SUFFIXES)
+        if not files:
+            raise ModelFilesError(f"{path}: no .safetensors files in this folder.")
+        return files
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelFilesError(f"{path}: not a valid shard index ({error}).") from error
+        files = [path.parent / name for name in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise ModelFilesError(
+                f"{path}: the index lists shards that are missing: {', '.join(missing)}. "
+                "The download is incomplete: run the download command again."
+            )
+        return files
+    if not path.exists():
+        raise ModelFilesError(f"{path}: file not found.")
+    return [path]
+
+
+def read_state_dict(path, transform_key: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint (file, shard index or shard folder) on the CPU, memory-mapped where possible."""
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in shard_files(pathlib.Path(path)):
+        if file.suffix in SAFETENSORS_SUFFIXES:
+            handle = _open_safetensors(file)
+            for key in handle.keys():
+                try:
+                    tensor = handle.get_tensor(key)
+                except Exception as error:
+                    raise ModelFilesError(
+                        f"{file}: tensor '{key}' cannot be read ({error}); the file is corrupt. Download it again."
+                    ) from error
+                state_dict[transform_key(key) if transform_key else key] = tensor
+        elif file.suffix in PICKLE_SUFFIXES:
+            for key, tensor in _load_pickle(file).items():
+                state_dict[transform_key(key) if transform_key else key] = tensor
+        else:
+            raise ModelFilesError(f"{file}: unsupported file type '{file.suffix}' (use .safetensors, .pt or .pth).")
+    return state_dict
+
+
+def read_shapes(path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape without reading tensor data (safetensors); .pt/.pth are memory-mapped."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in shard_files(pathlib.Path(path)):
+        if file.suffix in SAFETENSORS_SUFFIXES:
+            handle = _open_safetensors(file)
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+        else:
+            shapes.update({k: tuple(v.shape) for k, v in _load_pickle(file).items()})
+    return shapes
+
+
+def read_metadata(path) -> dict[str, str]:
+    files = shard_files(pathlib.Path(path))
+    if files[0].suffix not in SAFETENSORS_SUFFIXES:
+        return {}
+    return _open_safetensors(files[0]).metadata() or {}
+
+
+def check_keys_and_shapes(expected: dict[str, Iterable[int]], found: dict[str, torch.Tensor | tuple],
+                          source: str, layout: str, ignore: Iterable[str] = ()) -> None:
+    """Raise CheckpointMismatchError naming the first missing, unexpected or mis-shaped key."""
+    ignored = set(ignore)
+    missing = sorted(k for k in expected if k not in found)
+    unexpected = sorted(k for k in found if k not in expected and k not in ignored)
+    problems = []
+    if missing:
+        problems.append(f"missing key '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        problems.append(
+            f"unexpected key '{unexpected[0]}'" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        )
+    for key, shape in expected.items():
+        if key in found:
+            got = tuple(found[key].shape) if isinstance(found[key], torch.Tensor) else tuple(found[key])
+            if got != tuple(shape):
+                problems.append(f"key '{key}' has shape {list(got)}, expected {list(shape)}")
+                break
+    if problems:
+        raise CheckpointMismatchError(
+            f"{source}: does not match the {layout} layout: {'; '.join(problems)}. The file is from another model "
+            "or variant, or is damaged; check that you picked the right file, or download it again."
+        )
+
+
+def load_into_meta_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, layout: str,
+                         dtype: torch.dtype | None = None) -> None:
+    """Strictly load a state dict into a model built on the meta device (no second copy of the weights)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_keys_and_shapes(expected, state_dict, source, layout)
+    if dtype is not None:
+        state_dict = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+
+
+CONFIG_HINT_SUFFIX = ".reelsmith.json"
+
+
+def read_config_hint(path) -> dict | None:
+    """The config written beside a non-standard-size file (`<file>.reelsmith.json`), if any.
+
+    Real checkpoints use the configs shipped with the pack; Reelsmith's tiny demo and test models have
+    the same structure at a smaller width, which shapes alone cannot fully describe (head counts,
+    channel multipliers), so their writer leaves this small file beside them.
+    """
+    path = pathlib.Path(path)
+    hint = path.parent / (path.name + CONFIG_HINT_SUFFIX)
+    if not hint.is_file():
+        return None
+    try:
+        return json.loads(hint.read_text())
+    except ValueError as error:
+        raise ModelFilesError(f"{hint}: not valid JSON ({error}).") from error
+
+
+def write_config_hint(path, config: dict) -> None:
+    path = pathlib.Path(path)
+    (path.parent / (path.name + CONFIG_HINT_SUFFIX)).write_text(json.dumps(config, indent=2))

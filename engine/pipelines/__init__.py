@@ -1,0 +1,1 @@
+"""Samplers built from diffusers components."""

@@ -1,0 +1,1 @@
+"""Delivery: encode, watermark, NSFW gate, content credentials."""
