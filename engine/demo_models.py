@@ -23,6 +23,7 @@ from .models.umt5_keys import (
     convert_umt5_transformers_to_original,
     tiny_spiece_model_bytes,
 )
+from .models.wan_vae import vae_config
 from .models.wan_vae_keys import convert_wan_vae_diffusers_to_original
 from .models.wan_variants import WAN_VARIANTS
 
@@ -40,7 +41,7 @@ TINY_VAE = {
     # The 2.2 VAE's structure (residual down/up blocks, 2x2 patchify, 48 latent channels) at a small width.
     "2.2": dict(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                 temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
-                patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4, clip_output=False),
+                patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4),
 }
 TINY_VOCAB = 256
 TINY_UMT5 = dict(vocab_size=TINY_VOCAB, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
@@ -77,8 +78,11 @@ def tiny_transformer(variant_name: str, seed: int) -> WanTransformer3DModel:
 
 
 def tiny_vae(version: str, seed: int) -> AutoencoderKLWan:
+    """The latent statistics are the real VAE's (the sampler normalizes with them)."""
     torch.manual_seed(seed)
-    return AutoencoderKLWan(**TINY_VAE[version]).eval()
+    real = vae_config(version)
+    stats = {k: real[k] for k in ("latents_mean", "latents_std")}
+    return AutoencoderKLWan(**TINY_VAE[version], **stats).eval()
 
 
 def tiny_text_encoder(seed: int) -> UMT5EncoderModel:
@@ -162,10 +166,10 @@ def write_text_encoder_original(encoder, path: pathlib.Path) -> None:
     checkpoint_io.write_config_hint(path, encoder.config.to_diff_dict())
 
 
-def write_text_encoder_comfyui(encoder, path: pathlib.Path) -> None:
+def write_text_encoder_comfyui(encoder, path: pathlib.Path, fp8_scaled: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = convert_umt5_transformers_to_comfyui(_contiguous(encoder.state_dict()))
-    state_dict["spiece_model"] = torch.frombuffer(bytearray(tiny_spiece_model_bytes(TINY_VOCAB)), dtype=torch.uint8)
+    state_dict = convert_umt5_transformers_to_comfyui(
+        _contiguous(encoder.state_dict()), spiece_model=tiny_spiece_model_bytes(TINY_VOCAB), fp8_scaled=fp8_scaled)
     save_file(state_dict, str(path))
     checkpoint_io.write_config_hint(path, encoder.config.to_diff_dict())
 
@@ -230,7 +234,7 @@ class TinyWanSet:
             paths["low"] = models_root / "diffusion_models" / subfolder / low_name
             write_transformer_single_file(self.low, paths["low"], fp8_scaled=quantize)
         paths["text_encoder"] = models_root / "text_encoders" / subfolder / TEXT_ENCODER_FILE
-        write_text_encoder_comfyui(self.text_encoder, paths["text_encoder"])
+        write_text_encoder_comfyui(self.text_encoder, paths["text_encoder"], fp8_scaled=fp8_scaled)
         paths["vae"] = models_root / "vae" / subfolder / VAE_FILES[self.variant.vae_version]
         write_vae_original(self.vae, self.variant.vae_version, paths["vae"])
         return paths

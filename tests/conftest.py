@@ -5,11 +5,9 @@ one stable name here instead of being put on sys.path (that would shadow ComfyUI
 """
 
 import importlib.util
-import pathlib
 import sys
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED_REFERENCE = PACK_ROOT.parent / "shared" / "reference"
+from pack_paths import PACK_ROOT
 
 
 def _register_pack() -> None:

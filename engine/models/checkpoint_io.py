@@ -162,6 +162,13 @@ def check_keys_and_shapes(expected: dict[str, Iterable[int]], found: dict[str, t
         )
 
 
+def empty_weights():
+    """Context in which new modules get their parameters on the meta device (no memory, no random init)
+    while buffers stay real: buffers such as rotary tables are computed at init and are not in checkpoints."""
+    from accelerate import init_empty_weights
+    return init_empty_weights(include_buffers=False)
+
+
 def load_into_meta_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, layout: str,
                          dtype: torch.dtype | None = None) -> None:
     """Strictly load a state dict into a model built on the meta device (no second copy of the weights)."""

@@ -68,7 +68,7 @@ def load_umt5_encoder(path, text_encoder_format: str, tokenizer_path=None,
 
     raw = checkpoint_io.read_state_dict(path)
     if text_encoder_format == "wan-original":
-        state_dict = convert_umt5_original_to_transformers(raw)
+        state_dict = convert_umt5_original_to_transformers(raw, source=source)
         tokenizer = _tokenizer_from_folder(pathlib.Path(tokenizer_path) if tokenizer_path else None, source)
         layout = "Wan-AI original UMT5 (.pth)"
     elif text_encoder_format == "comfyui":
@@ -79,13 +79,13 @@ def load_umt5_encoder(path, text_encoder_format: str, tokenizer_path=None,
                 "umt5_xxl_fp8_e4m3fn_scaled.safetensors or umt5_xxl_fp16.safetensors file from "
                 "Comfy-Org/Wan_2.1_ComfyUI_repackaged, or connect CLIPTextEncode conditioning instead."
             )
-        state_dict = convert_umt5_comfyui_to_transformers(raw)
+        state_dict = convert_umt5_comfyui_to_transformers(raw, dtype=dtype, source=source)
         tokenizer = tokenizer_from_spiece_bytes(bytes(spiece.numpy().tobytes()))
         layout = "ComfyUI UMT5 text encoder file"
     else:
         raise ValueError(f"unknown text encoder format {text_encoder_format!r}")
     config = _config_for(path)
-    with torch.device("meta"):
+    with checkpoint_io.empty_weights():
         model = UMT5EncoderModel(config)
     expected = set(model.state_dict())
     # transformers ties encoder.embed_tokens to shared; a checkpoint holds only one of them

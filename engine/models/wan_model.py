@@ -188,6 +188,6 @@ def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.
                 f"transformer's text width {expected_dim}; pick the UMT5-XXL encoder that goes with Wan 2.2."
             )
     for note in notes:
-        log.warning("Reelsmith: %s", note)
+        log.info("Reelsmith: %s", note)
     return WanModel(files=files, variant=variant, options=options, device=device, high=high, low=low,
                     vae=vae, vae_version=vae_version, text_encoder=text_encoder, notes=notes)

@@ -136,7 +136,7 @@ def load_wan_transformer(path, layout: str, label: str | None = None) -> LoadedT
     num_heads = num_heads or _num_heads_hint(path)
     config = transformer_config(variant, state_dict, num_heads, source)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    with torch.device("meta"):
+    with checkpoint_io.empty_weights():
         model = WanTransformer3DModel(**config)
     checkpoint_io.load_into_meta_model(model, state_dict, source, f"{layout} Wan 2.2 {variant.display_name}")
     model.eval().requires_grad_(False)

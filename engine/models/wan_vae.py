@@ -34,11 +34,11 @@ def load_wan_vae(path, vae_format: str, dtype: torch.dtype = torch.float32) -> t
             version = detect_wan_vae_version(shapes)
         except Exception as error:
             raise ModelFilesError(f"{path}: this is not a Wan VAE ({error}). Pick the Wan 2.1 or 2.2 VAE file.") from error
-        state_dict = convert_wan_vae_original_to_diffusers(raw, version)
+        state_dict = convert_wan_vae_original_to_diffusers(raw, version, source=str(path))
         config = checkpoint_io.read_config_hint(path) or vae_config(version)
         layout = f"original Wan {version} VAE file"
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    with torch.device("meta"):
+    with checkpoint_io.empty_weights():
         vae = AutoencoderKLWan(**config)
     checkpoint_io.load_into_meta_model(vae, state_dict, str(path), layout, dtype=dtype)
     vae.eval().requires_grad_(False)

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Build the shipped workflows in `workflows/` from one compact description each: the UI format (what the
+graph editor opens, with the model download list in the loader's `properties.models`), the API format
+(what POST /prompt takes) and a thumbnail. Keeping both formats generated from one source keeps them equal.
+
+    python scripts/build_workflows.py            # rewrite workflows/
+    python scripts/build_workflows.py --check    # fail if workflows/ differs from what would be written
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from dataclasses import dataclass, field
+
+PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKFLOWS_DIR = PACK_ROOT / "workflows"
+REFERENCE_OBJECT_INFO = PACK_ROOT.parent / "shared" / "reference" / "object_info_comfyui-0.8.0_cpu_native.json"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+HF = "https://huggingface.co"
+WAN22_FILES = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+WAN21_FILES = f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+
+
+def model_entry(name: str, directory: str, base: str = WAN22_FILES) -> dict:
+    return {"name": name, "url": f"{base}/{directory}/{name}", "directory": directory}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    widgets: dict                      # input name -> value, for widget inputs
+    links: dict = field(default_factory=dict)  # input name -> (source node id, source output slot)
+    title: str | None = None
+    models: list = field(default_factory=list)
+    pos: tuple = (0, 0)
+
+
+def object_info_of(node_class) -> dict:
+    """A pack node class -> its entry as ComfyUI's GET /object_info would list it."""
+    def normalize(spec):
+        kind = spec[0]
+        options = spec[1] if len(spec) > 1 else {}
+        return [list(kind), options] if isinstance(kind, (list, tuple)) else [kind, options]
+
+    inputs = node_class.INPUT_TYPES()
+    return {
+        "input": {section: {name: normalize(spec) for name, spec in inputs.get(section, {}).items()}
+                  for section in ("required", "optional") if section in inputs},
+        "input_order": {section: list(inputs[section]) for section in ("required", "optional") if section in inputs},
+        "output": list(node_class.RETURN_TYPES),
+        "output_is_list": [False] * len(node_class.RETURN_TYPES),
+        "output_name": list(getattr(node_class, "RETURN_NAMES", node_class.RETURN_TYPES)),
+        "name": node_class.__name__,
+        "display_name": node_class.__name__,
+        "description": getattr(node_class, "DESCRIPTION", ""),
+        "category": node_class.CATEGORY,
+        "output_node": getattr(node_class, "OUTPUT_NODE", False),
+    }
+
+
+def combined_object_info() -> dict:
+    """Core ComfyUI 0.8.0 nodes (reference snapshot) plus the pack's own definitions."""
+    sys.path.insert(0, str(PACK_ROOT / "scripts"))
+    from make_demo_models import import_pack
+    pack = import_pack()
+    info = json.loads(REFERENCE_OBJECT_INFO.read_text())
+    info.update({name: object_info_of(cls) for name, cls in pack.NODE_CLASS_MAPPINGS.items()})
+    return info
+
+
+def _is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _ordered_inputs(info: dict) -> list[tuple[str, list]]:
+    order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
+    return [(name, info["input"][section][name]) for section in ("required", "optional")
+            for name in order.get(section, []) if name in info["input"].get(section, {})]
+
+
+def to_api(nodes: list[Node], object_info: dict) -> dict:
+    """API format: every widget value spelled out (defaults included), links as [source id, slot]."""
+    api = {}
+    for node in nodes:
+        inputs = {name: node.widgets.get(name, spec[1].get("default"))
+                  for name, spec in _ordered_inputs(object_info[node.type])
+                  if _is_widget(spec) and name not in node.links and (name in node.widgets or "default" in spec[1])}
+        inputs.update({name: [str(src), slot] for name, (src, slot) in node.links.items()})
+        api[str(node.id)] = {"inputs": inputs, "class_type": node.type,
+                             "_meta": {"title": node.title or node.type}}
+    return api
+
+
+def to_ui(nodes: list[Node], object_info: dict) -> dict:
+    links, ui_nodes = [], []
+    outgoing: dict[tuple[int, int], list[int]] = {}
+    link_id = 0
+    incoming: dict[tuple[int, str], int] = {}
+    for node in nodes:
+        for name, (src, slot) in node.links.items():
+            link_id += 1
+            src_type = object_info[next(n.type for n in nodes if n.id == src)]["output"][slot]
+            links.append([link_id, src, slot, node.id, name, src_type])
+            outgoing.setdefault((src, slot), []).append(link_id)
+            incoming[(node.id, name)] = link_id
+    for order, node in enumerate(nodes):
+        info = object_info[node.type]
+        inputs, widgets_values = [], []
+        slot_of = {}
+        for name, spec in _ordered_inputs(info):
+            linked = (node.id, name) in incoming
+            if _is_widget(spec):
+                if linked:
+                    slot_of[name] = len(inputs)
+                    inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
+                                   "widget": {"name": name}, "link": incoming[(node.id, name)]})
+                if name in node.widgets or not linked:
+                    widgets_values.append(node.widgets.get(name, spec[1].get("default")))
+                elif linked:
+                    widgets_values.append(spec[1].get("default"))
+                if spec[1].get("control_after_generate"):
+                    widgets_values.append("fixed")
+            else:
+                slot_of[name] = len(inputs)
+                inputs.append({"name": name, "type": spec[0], "link": incoming.get((node.id, name))})
+        outputs = [{"name": out_name, "type": out_type, "slot_index": slot,
+                    "links": outgoing.get((node.id, slot), [])}
+                   for slot, (out_type, out_name) in enumerate(zip(info["output"], info.get("output_name", info["output"])))]
+        properties = {"Node name for S&R": node.type}
+        if node.models:
+            properties["models"] = node.models
+        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [360, 200], "flags": {},
+                 "order": order, "mode": 0, "inputs": inputs, "outputs": outputs, "properties": properties,
+                 "widgets_values": widgets_values}
+        if node.title:
+            entry["title"] = node.title
+        ui_nodes.append(entry)
+    # UI links name the target slot by index
+    for link in links:
+        target = next(n for n in ui_nodes if n["id"] == link[3])
+        link[4] = next(i for i, inp in enumerate(target["inputs"]) if inp["name"] == link[4])
+    return {"last_node_id": max(n.id for n in nodes), "last_link_id": link_id, "nodes": ui_nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+
+
+# ---------------------------------------------------------------- the shipped workflows
+
+LOADER_DEFAULTS = dict(precision="fp8_e4m3fn_fast", attention="auto", compile="off", offload="none")
+
+
+def wan_a14b(kind: str, width: int, height: int) -> tuple[list[Node], str]:
+    t2v = kind == "t2v"
+    high = f"wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors"
+    low = f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors"
+    loader = Node(1, "ReelsmithWanModelLoader", dict(
+        model="single files (pick below)", diffusion_model=high, diffusion_model_low_noise=low,
+        text_encoder="umt5_xxl_fp8_e4m3fn_scaled.safetensors", vae="wan_2.1_vae.safetensors", **LOADER_DEFAULTS),
+        title="Wan Model Loader", pos=(40, 120), models=[
+            model_entry(high, "diffusion_models"), model_entry(low, "diffusion_models"),
+            model_entry("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders", WAN21_FILES),
+            model_entry("wan_2.1_vae.safetensors", "vae"),
+        ])
+    sampler_widgets = dict(
+        prompt=("A red fox trots through fresh snow in a birch forest at golden hour, breath steaming, "
+                "the camera tracking beside it at eye level, cinematic, shallow depth of field."
+                if t2v else "The woman turns towards the camera and smiles as wind moves her hair; gentle handheld camera."),
+        width=width, height=height, frames=81, steps=40,
+        cfg_high=3.0 if t2v else 3.5, cfg_low=4.0 if t2v else 3.5,
+        flow_shift=12.0 if t2v else 5.0, boundary=0.875 if t2v else 0.9, scheduler="unipc", seed=42,
+    )
+    nodes = [loader]
+    if t2v:
+        nodes.append(Node(2, "ReelsmithWan22TextToVideo", sampler_widgets, {"wan_model": (1, 0)},
+                          title="Wan 2.2 Text to Video", pos=(460, 120)))
+    else:
+        nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)))
+        nodes.append(Node(2, "ReelsmithWan22ImageToVideo", dict(sampler_widgets, fit="crop"),
+                          {"wan_model": (1, 0), "start_image": (5, 0)}, title="Wan 2.2 Image to Video", pos=(460, 120)))
+    nodes += [
+        Node(3, "CreateVideo", {}, {"images": (2, 0), "fps": (2, 2)}, title="Create Video", pos=(900, 120)),
+        Node(4, "SaveVideo", {"filename_prefix": f"reelsmith/wan22_{kind}_{height}p", "format": "mp4", "codec": "h264"},
+             {"video": (3, 0)}, title="Save Video", pos=(1140, 120)),
+    ]
+    return nodes, f"Wan 2.2 {kind.upper()} A14B {height}p"
+
+
+def wan_ti2v_5b() -> tuple[list[Node], str]:
+    model = "wan2.2_ti2v_5B_fp16.safetensors"
+    loader = Node(1, "ReelsmithWanModelLoader", dict(
+        model="single files (pick below)", diffusion_model=model, diffusion_model_low_noise="none",
+        text_encoder="umt5_xxl_fp8_e4m3fn_scaled.safetensors", vae="wan2.2_vae.safetensors", **LOADER_DEFAULTS),
+        title="Wan Model Loader", pos=(40, 120), models=[
+            model_entry(model, "diffusion_models"),
+            model_entry("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders", WAN21_FILES),
+            model_entry("wan2.2_vae.safetensors", "vae"),
+        ])
+    nodes = [
+        loader,
+        Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)),
+        Node(2, "ReelsmithWan22ImageToVideo", dict(
+            prompt="The product rotates slowly on a marble pedestal under soft studio light; subtle reflections.",
+            width=1280, height=704, frames=121, steps=50, cfg_high=5.0, cfg_low=5.0, flow_shift=5.0, boundary=0.0,
+            scheduler="unipc", seed=42, fit="crop"), {"wan_model": (1, 0), "start_image": (5, 0)},
+            title="Wan 2.2 Image to Video", pos=(460, 120)),
+        Node(3, "CreateVideo", {}, {"images": (2, 0), "fps": (2, 2)}, title="Create Video", pos=(900, 120)),
+        Node(4, "SaveVideo", {"filename_prefix": "reelsmith/wan22_ti2v_5b_720p", "format": "mp4", "codec": "h264"},
+             {"video": (3, 0)}, title="Save Video", pos=(1140, 120)),
+    ]
+    return nodes, "Wan 2.2 TI2V-5B 720p"
+
+
+WORKFLOWS = {
+    "wan22_t2v_480p": lambda: wan_a14b("t2v", 832, 480),
+    "wan22_t2v_720p": lambda: wan_a14b("t2v", 1280, 720),
+    "wan22_i2v_720p": lambda: wan_a14b("i2v", 1280, 720),
+    "wan22_ti2v_5b_720p": wan_ti2v_5b,
+}
+
+
+def thumbnail(title: str, path: pathlib.Path) -> None:
+    """A 400x225 title card: the workflow's name on a dark gradient."""
+    from PIL import Image, ImageDraw, ImageFont
+    image = Image.new("RGB", (400, 225))
+    draw = ImageDraw.Draw(image)
+    for y in range(225):
+        shade = int(20 + 50 * y / 225)
+        draw.line([(0, y), (400, y)], fill=(shade, shade // 2 + 10, shade + 40))
+    try:
+        font = ImageFont.load_default(size=26)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        font = ImageFont.load_default()
+    draw.text((20, 20), "Reelsmith", fill=(255, 170, 60), font=font)
+    words, lines = title.split(), [""]
+    for word in words:
+        if len(lines[-1]) + len(word) > 22:
+            lines.append("")
+        lines[-1] = (lines[-1] + " " + word).strip()
+    for index, line in enumerate(lines):
+        draw.text((20, 90 + 34 * index), line, fill=(240, 240, 240), font=font)
+    image.save(path, "JPEG", quality=88)
+
+
+def render_all() -> dict[str, bytes | str]:
+    object_info = combined_object_info()
+    files: dict[str, str] = {}
+    for name, build in WORKFLOWS.items():
+        nodes, title = build()
+        files[f"{name}.json"] = json.dumps(to_ui(nodes, object_info), indent=2) + "\n"
+        files[f"api/{name}.json"] = json.dumps(to_api(nodes, object_info), indent=2) + "\n"
+        files[f"{name}.title"] = title
+    return files
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if anything differs")
+    args = parser.parse_args(argv)
+    files = render_all()
+    stale = []
+    for rel, content in files.items():
+        if rel.endswith(".title"):
+            continue
+        path = WORKFLOWS_DIR / rel
+        if not path.exists() or path.read_text() != content:
+            stale.append(rel)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+    if not args.check:
+        for rel, title in files.items():
+            if rel.endswith(".title"):
+                thumbnail(title, WORKFLOWS_DIR / rel.replace(".title", ".jpg"))
+    if args.check and stale:
+        print("Out of date (run scripts/build_workflows.py): " + ", ".join(stale))
+        return 1
+    print(("Checked" if args.check else "Wrote") + f" {len(WORKFLOWS)} workflows in {WORKFLOWS_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
