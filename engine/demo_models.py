@@ -18,10 +18,10 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from .models import checkpoint_io, wan_keys
 from .models.umt5_keys import (
-    build_tiny_umt5_tokenizer,
     convert_umt5_transformers_to_comfyui,
     convert_umt5_transformers_to_original,
     tiny_spiece_model_bytes,
+    tokenizer_from_spiece_bytes,
 )
 from .models.wan_vae import vae_config
 from .models.wan_vae_keys import convert_wan_vae_diffusers_to_original
@@ -174,9 +174,15 @@ def write_text_encoder_comfyui(encoder, path: pathlib.Path, fp8_scaled: bool = F
     checkpoint_io.write_config_hint(path, encoder.config.to_diff_dict())
 
 
+def tiny_tokenizer():
+    """The tokenizer of every demo layout: built from the same sentencepiece model that the ComfyUI-layout
+    text encoder file carries, so all layouts tokenize alike."""
+    return tokenizer_from_spiece_bytes(tiny_spiece_model_bytes(TINY_VOCAB))
+
+
 def write_tokenizer_folder(folder: pathlib.Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    build_tiny_umt5_tokenizer(TINY_VOCAB).save_pretrained(str(folder))
+    tiny_tokenizer().save_pretrained(str(folder))
 
 
 class TinyWanSet:
@@ -209,7 +215,7 @@ class TinyWanSet:
             self.low.save_pretrained(str(folder / "transformer_2"))
         self.vae.save_pretrained(str(folder / "vae"))
         self.text_encoder.save_pretrained(str(folder / "text_encoder"))
-        build_tiny_umt5_tokenizer(TINY_VOCAB).save_pretrained(str(folder / "tokenizer"))
+        write_tokenizer_folder(folder / "tokenizer")
         pipeline = "WanImageToVideoPipeline" if self.variant.image_conditioned else "WanPipeline"
         index = {
             "_class_name": pipeline, "_diffusers_version": "0.42.1",

@@ -58,6 +58,15 @@ def soft_empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+class _ManagedModule(torch.nn.Module):
+    """A plain container ComfyUI's ModelPatcher can write its bookkeeping attributes on (diffusers models
+    have a read-only `device` property, which ModelPatcher would try to set)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+
 class ResidentModel:
     """A module that ComfyUI's model management may move off the GPU when other models need room.
 
@@ -72,7 +81,7 @@ class ResidentModel:
         if comfyui_available():
             import comfy.model_patcher
             self.patcher = comfy.model_patcher.ModelPatcher(
-                module, load_device=load_device, offload_device=offload_device()
+                _ManagedModule(module), load_device=load_device, offload_device=offload_device()
             )
 
     def load(self) -> None:
