@@ -30,8 +30,9 @@ from .models.wan_variants import WAN_VARIANTS
 DEMO_DIR = "reelsmith-demo"
 TEXT_DIM = 32
 
+# head dim 16: GPU attention kernels (cuDNN, flash) need a multiple of 8, so demos run on a GPU too
 TINY_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=TEXT_DIM, freq_dim=256,
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, text_dim=TEXT_DIM, freq_dim=256,
     ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
     rope_max_seq_len=1024,
 )

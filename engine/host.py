@@ -75,6 +75,9 @@ class ResidentModel:
     """
 
     def __init__(self, module: torch.nn.Module, load_device: torch.device):
+        if load_device.type == "cuda" and load_device.index is None:
+            # ComfyUI compares devices with ==, and torch.device("cuda") != torch.device("cuda", 0)
+            load_device = torch.device("cuda", torch.cuda.current_device())
         self.module = module
         self.load_device = load_device
         self.patcher = None

@@ -251,7 +251,12 @@ def test_scaled_mm_path_math(scaling):
     fast = Fp8Linear.from_linear(linear, torch.float8_e4m3fn, torch.bfloat16, True, activation_scaling=scaling)
     storage = Fp8Linear.from_linear(linear, torch.float8_e4m3fn, torch.bfloat16, False)
     expected = linear(x).float()
-    out = fast(x)
+    try:
+        out = fast(x)
+    except RuntimeError as error:  # older PyTorch CPU kernels take per-tensor scales only
+        if scaling == "row" and "per-tensor" in str(error):
+            pytest.skip(f"this PyTorch's CPU _scaled_mm has no row-wise scaling ({torch.__version__})")
+        raise
     assert out.dtype == torch.bfloat16 and out.shape == (2, 9, 48)
     assert cosine(out.float(), expected) > 0.99
     assert not torch.equal(out, storage(x))  # the activations really went through fp8

@@ -213,7 +213,7 @@ def test_unknown_key_and_wrong_shape_are_named(layouts, tmp_path):
 
     shaped = tmp_path / "shaped.safetensors"
     key = "model.diffusion_model.blocks.1.ffn.0.weight"
-    save_file({**state, key: torch.zeros(8, 24)}, str(shaped))
+    save_file({**state, key: torch.zeros(8, 32)}, str(shaped))
     (tmp_path / "shaped.safetensors.reelsmith.json").write_text(hint)
     with pytest.raises(CheckpointMismatchError, match="shaped.safetensors.*blocks.1.ffn.net.0.proj.weight.*shape"):
         load_wan_model(resolve_single_files(shaped, None, None, files.vae), FP32, CPU)
