@@ -495,7 +495,7 @@ def apply_demo(api: dict, object_info: Mapping[str, Any]) -> list[str]:
 class Progress:
     """One progress event of a running prompt, passed to wait()'s callback."""
 
-    event: str  # "start", "executing", "progress", "executed"; "tick" about once a second while nothing arrives
+    event: str  # "start", "executing", "progress", "preview", "executed"; "tick" about once a second while idle
     prompt_id: str
     node_id: str | None = None
     class_type: str | None = None
@@ -674,6 +674,8 @@ class ComfyUIClient:
             interval = poll_s if self._ws is not None else 0.5
             if message is None and started:
                 emit("tick", current, *last_step)
+            if isinstance(message, bytes) and started:
+                emit("preview", current, *last_step)  # binary frames carry the nodes' preview images
             if isinstance(message, str):
                 try:
                     message = json.loads(message)

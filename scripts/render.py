@@ -136,6 +136,8 @@ class ProgressPrinter:
 
     def __call__(self, event: Progress) -> None:
         self.events.append(event)
+        if event.event == "preview":
+            return  # the bar already shows the step; previews matter in the graph editor
         elapsed = time.monotonic() - self.start
         clock = f"{int(elapsed // 60):02d}:{int(elapsed % 60):02d}"
         if event.event == "start":
