@@ -3,7 +3,6 @@ returns to its level before the run; with ComfyUI importable, loaded models are 
 management and can be evicted and brought back."""
 
 import os
-import pathlib
 import sys
 
 import pytest

@@ -2,7 +2,6 @@
 against ComfyUI 0.8.0's own node definitions (reference snapshot) plus the pack's."""
 
 import json
-import pathlib
 import sys
 
 import pytest

@@ -12,16 +12,9 @@ from reelsmith.engine.errors import CheckpointMismatchError, InvalidInputError
 from reelsmith.engine.models import precision
 from reelsmith.engine.models.precision import PRECISIONS, Fp8Linear, apply_precision
 
+from tiny_wan import tiny_wan
+
 CPU = torch.device("cpu")
-
-
-def tiny_wan(seed: int = 0) -> WanTransformer3DModel:
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    ).eval().requires_grad_(False)
 
 
 def wan_inputs():
