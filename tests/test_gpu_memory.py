@@ -77,6 +77,8 @@ def test_models_are_registered_with_comfyui_and_evictable(files):
     loaded = [m.model for m in mm.current_loaded_models]
     assert any(p is model.high.resident.patcher for p in loaded)
     assert any(p is model.low.resident.patcher for p in loaded)
+    assert any(p is model.vae_resident.patcher for p in loaded)
+    assert any(p is model.text_resident.patcher for p in loaded)
     assert model.high.model.proj_out.weight.device.type == "cuda"
 
     mm.unload_all_models()  # what ComfyUI does when another model needs the room

@@ -59,6 +59,9 @@ class WanModel:
     text_encoder: UMT5TextEncoder | None
     notes: list[str] = field(default_factory=list)
     loras: tuple[LoraStackEntry, ...] = ()
+    # With offload "none" the VAE and text encoder are registered with ComfyUI too, so it can evict them.
+    vae_resident: host.ResidentModel | None = None
+    text_resident: host.ResidentModel | None = None
     _text_cache: dict = field(default_factory=dict)
 
     def with_loras(self, entries) -> "WanModel":
@@ -83,7 +86,10 @@ class WanModel:
         key = (prompt, negative)
         if key not in self._text_cache:
             encoder = self.text_encoder.model
-            encoder.to(self.device)
+            if self.text_resident is not None:
+                host.load_resident([self.text_resident])
+            else:
+                encoder.to(self.device)
             try:
                 texts = [prompt] + ([negative] if negative is not None else [])
                 embeds = self.text_encoder.encode(texts, self.device).cpu()
@@ -106,8 +112,10 @@ class WanModel:
                       for path, strength in entries_for_expert(self.loras, expert.name)]
             expert.lora_patcher.set_loras(expert.model, wanted)
         if self.options.offload == "none":
-            host.load_resident([e.resident for e in self.experts() if e.resident is not None])
-        self.vae.to(self.device)
+            residents = [e.resident for e in self.experts()] + [self.vae_resident]
+            host.load_resident([r for r in residents if r is not None])
+        else:
+            self.vae.to(self.device)
 
     def stage(self, model: torch.nn.Module):
         """Context manager for one expert's denoising stage (moves it in and out with offload=model)."""
@@ -189,5 +197,8 @@ def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.
             )
     for note in notes:
         log.info("Reelsmith: %s", note)
+    resident = options.offload == "none"
     return WanModel(files=files, variant=variant, options=options, device=device, high=high, low=low,
-                    vae=vae, vae_version=vae_version, text_encoder=text_encoder, notes=notes)
+                    vae=vae, vae_version=vae_version, text_encoder=text_encoder, notes=notes,
+                    vae_resident=host.ResidentModel(vae, device) if resident else None,
+                    text_resident=host.ResidentModel(text_encoder.model, device) if resident and text_encoder else None)
