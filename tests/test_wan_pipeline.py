@@ -241,3 +241,27 @@ def test_pickles_that_need_code_are_refused(layouts, tmp_path):
     torch.save(Evil(a=torch.zeros(1)), str(folder / "Wan2.1_VAE.pth"))
     with pytest.raises(ModelFilesError, match="weights_only=True"):
         load_wan_model(resolve_folder(folder, "x"), FP32, CPU)
+
+
+def test_lora_handles_share_the_model_and_never_leak(layouts, tmp_path):
+    from safetensors.torch import save_file
+
+    from reelsmith.engine.models.lora import LoraStackEntry
+
+    model = load_wan_model(layouts["t2v-a14b"]["release"], FP32, CPU)
+    dim = model.high.model.config.num_attention_heads * model.high.model.config.attention_head_dim
+    generator = torch.Generator().manual_seed(3)
+    lora = tmp_path / "style.safetensors"  # lightx2v-style names
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(4, dim, generator=generator),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(dim, 4, generator=generator)},
+              str(lora))
+    base = _generate(model).latents
+    high_only = _generate(model.with_loras([LoraStackEntry(str(lora), 1.0, "high")])).latents
+    low_only = _generate(model.with_loras([LoraStackEntry(str(lora), 1.0, "low")])).latents
+    assert not torch.equal(high_only, base) and not torch.equal(low_only, base)
+    assert not torch.equal(high_only, low_only)
+    # the plain handle, used again after the LoRA ones, gets the original weights back exactly
+    torch.testing.assert_close(_generate(model).latents, base, rtol=0, atol=0)
+    # strength 0 is the base model
+    torch.testing.assert_close(_generate(model.with_loras([LoraStackEntry(str(lora), 0.0, "both")])).latents, base,
+                               rtol=0, atol=0)

@@ -136,7 +136,10 @@ def _load_expert(path, name: str, files: WanModelFiles, options: WanLoadOptions,
     notes += precision.apply_precision(model, options.precision, device, quantized=loaded.quantized or None)
     backend = attention.resolve_attention_backend(options.attention, device)
     attention.apply_attention_backend(model, backend)
-    offload.apply_offload(model, options.offload, device)
+    if options.offload != "none":
+        offload.apply_offload(model, options.offload, device)
+    # offload "none": the weights stay on the CPU until the first run, when ComfyUI's model management
+    # moves them (evicting other models first if the GPU is short of memory)
     compile_options.apply_compile(model, options.compile)
     resident = host.ResidentModel(model, device) if options.offload == "none" else None
     return loaded, WanExpert(name=name, model=model, resident=resident, lora_patcher=WanLoraPatcher())
