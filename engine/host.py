@@ -222,3 +222,47 @@ def model_file_path(folder: str, name: str) -> pathlib.Path:
         if paths:
             return pathlib.Path(paths[0]) / name
     return pathlib.Path(name)
+
+
+# ---------------------------------------------------------------- output files and VIDEO
+
+def output_directory(fallback: str | pathlib.Path | None = None) -> pathlib.Path:
+    """ComfyUI's output folder; outside ComfyUI `fallback` (default: ./output)."""
+    if comfyui_available():
+        import folder_paths
+        return pathlib.Path(folder_paths.get_output_directory())
+    return pathlib.Path(fallback if fallback is not None else "output").resolve()
+
+
+def unique_output_path(filename_prefix: str, extension: str, width: int, height: int,
+                       fallback_dir: str | pathlib.Path | None = None) -> tuple[pathlib.Path, str, str]:
+    """A new file name in the output folder, numbered as ComfyUI's save nodes number theirs.
+
+    Returns (full path, file name, subfolder relative to the output folder). Inside ComfyUI the name comes from
+    folder_paths.get_save_image_path (so %date:...% and subfolders in the prefix work as in core SaveVideo).
+    """
+    if comfyui_available():
+        import folder_paths
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height)
+        name = f"{filename}_{counter:05}_.{extension}"
+        return pathlib.Path(folder) / name, name, subfolder
+    root = output_directory(fallback_dir)
+    subfolder, _, stem = filename_prefix.replace("\\", "/").rpartition("/")
+    folder = root / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = 1
+    for existing in folder.glob(f"{stem}_*_.*"):
+        number = existing.name[len(stem) + 1:].split("_", 1)[0]
+        if number.isdigit():
+            counter = max(counter, int(number) + 1)
+    name = f"{stem}_{counter:05}_.{extension}"
+    return folder / name, name, subfolder
+
+
+def video_from_file(path: str | pathlib.Path):
+    """A native VIDEO (comfy_api VideoFromFile) for a file; outside ComfyUI the path itself as a string."""
+    if importlib.util.find_spec("comfy_api") is None:
+        return str(path)
+    from comfy_api.latest import InputImpl
+    return InputImpl.VideoFromFile(str(path))
