@@ -151,6 +151,19 @@ def to_ui(nodes: list[Node], object_info: dict) -> dict:
 
 # ---------------------------------------------------------------- the shipped workflows
 
+def delivery_tail(sampler: int, prefix: str) -> list[Node]:
+    """generate -> NSFW gate (stop) -> watermark (visible text + invisible payload) -> Encode Video (auto)."""
+    return [
+        Node(6, "ReelsmithNSFWGate", dict(threshold=0.8, stride=4, action="stop"), {"images": (sampler, 0)},
+             title="NSFW Gate", pos=(900, 120)),
+        Node(7, "ReelsmithWatermark", dict(mark="text", text="AI generated", position="bottom-right",
+                                           opacity=0.7, invisible_payload="reelsmith", invisible_strength="normal"),
+             {"images": (6, 0)}, title="Watermark", pos=(1140, 120)),
+        Node(8, "ReelsmithEncodeVideo", dict(filename_prefix=prefix, container="mp4", codec="h264", encoder="auto"),
+             {"images": (7, 0), "fps": (sampler, 2)}, title="Encode Video", pos=(1380, 120)),
+    ]
+
+
 LOADER_DEFAULTS = dict(precision="fp8_e4m3fn_fast", attention="auto", compile="off", offload="none")
 
 
@@ -182,11 +195,7 @@ def wan_a14b(kind: str, width: int, height: int) -> tuple[list[Node], str]:
         nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)))
         nodes.append(Node(2, "ReelsmithWan22ImageToVideo", dict(sampler_widgets, fit="crop"),
                           {"wan_model": (1, 0), "start_image": (5, 0)}, title="Wan 2.2 Image to Video", pos=(460, 120)))
-    nodes += [
-        Node(3, "CreateVideo", {}, {"images": (2, 0), "fps": (2, 2)}, title="Create Video", pos=(900, 120)),
-        Node(4, "SaveVideo", {"filename_prefix": f"reelsmith/wan22_{kind}_{height}p", "format": "mp4", "codec": "h264"},
-             {"video": (3, 0)}, title="Save Video", pos=(1140, 120)),
-    ]
+    nodes += delivery_tail(2, f"reelsmith/wan22_{kind}_{height}p")
     return nodes, f"Wan 2.2 {kind.upper()} A14B {height}p"
 
 
@@ -208,10 +217,7 @@ def wan_ti2v_5b() -> tuple[list[Node], str]:
             width=1280, height=704, frames=121, steps=50, cfg_high=5.0, cfg_low=5.0, flow_shift=5.0, boundary=0.0,
             scheduler="unipc", seed=42, fit="crop"), {"wan_model": (1, 0), "start_image": (5, 0)},
             title="Wan 2.2 Image to Video", pos=(460, 120)),
-        Node(3, "CreateVideo", {}, {"images": (2, 0), "fps": (2, 2)}, title="Create Video", pos=(900, 120)),
-        Node(4, "SaveVideo", {"filename_prefix": "reelsmith/wan22_ti2v_5b_720p", "format": "mp4", "codec": "h264"},
-             {"video": (3, 0)}, title="Save Video", pos=(1140, 120)),
-    ]
+    ] + delivery_tail(2, "reelsmith/wan22_ti2v_5b_720p")
     return nodes, "Wan 2.2 TI2V-5B 720p"
 
 

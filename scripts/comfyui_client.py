@@ -43,7 +43,7 @@ from typing import Any
 DEMO_SUBFOLDER = "reelsmith-demo"
 """Demo models live in this subfolder of each model folder, so object_info lists them as `reelsmith-demo/<name>`."""
 
-DEMO_SIZE_UNIT = 32
+DEMO_SIZE_UNIT = 256  # the invisible watermark needs room (>= 128 px, 32 px blocks); still quick on a CPU
 DEMO_INT_LIMITS = {"frames": 5, "length": 5, "steps": 2}
 DEMO_NODE_PREFIX = "Reelsmith"
 
@@ -439,8 +439,8 @@ def apply_demo(api: dict, object_info: Mapping[str, Any]) -> list[str]:
     Models: any string input V whose COMBO (per object_info) offers `reelsmith-demo/V` becomes that option; a combo
     that offers any `reelsmith-demo/` option but none for V is an error (all such inputs listed together), unless V
     is one of its options and a label rather than a model name (has whitespace, or is none/auto/default/off/disabled).
-    Shrink, on nodes whose class_type starts with 'Reelsmith': width/height -> 64x32 landscape, 32x64 portrait,
-    32x32 square (multiples of 32, raised to the declared minimum); frames/length -> 5 and steps -> 2 (never raised)."""
+    Shrink, on nodes whose class_type starts with 'Reelsmith': width/height -> 512x256 landscape, 256x512
+    portrait, 256x256 square (multiples of 256, raised to the declared minimum); frames/length -> 5 and steps -> 2 (never raised)."""
     changes: list[str] = []
     missing: list[str] = []
     for node_id in sorted(api, key=_node_sort_key):

@@ -12,7 +12,7 @@ afterwards, also on Ctrl-C or an error.
 --set "TITLE.input=value"  sets an input of the node titled TITLE (else of class TITLE, else node id TITLE);
                            the value is JSON when it parses (42, true, '"42"' for a string) and text otherwise.
 --demo                     selects demo models (`reelsmith-demo/<name>`, made by scripts/make_demo_models.py) and
-                           shrinks the job (Reelsmith nodes: 64x32 / 32x64 / 32x32, 5 frames, 2 steps) so it runs
+                           shrinks the job (Reelsmith nodes: 512x256 / 256x512 / 256x256, 5 frames, 2 steps) so it runs
                            on a CPU in seconds. --set is applied after --demo, so explicit values win.
 
 Exit status: 0 done; 1 ComfyUI rejected the workflow or a node failed (the error is printed); 2 bad arguments,

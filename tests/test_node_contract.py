@@ -1,6 +1,7 @@
 """Node-contract tier: every node follows the pack's contract, and every shipped workflow is valid
 against ComfyUI 0.8.0's own node definitions (reference snapshot) plus the pack's."""
 
+import inspect
 import json
 import sys
 
@@ -80,9 +81,9 @@ def _check_api_workflow(api: dict, model_names: set[str], where: str):
             elif kind in ("INT", "FLOAT"):
                 assert options.get("min", value) <= value <= options.get("max", value), f"{where}: {name}={value}"
         cls = reelsmith.NODE_CLASS_MAPPINGS.get(node["class_type"])
-        if cls is not None and hasattr(cls, "VALIDATE_INPUTS"):
-            inputs = node["inputs"]
-            assert cls.VALIDATE_INPUTS(inputs["width"], inputs["height"], inputs["frames"]) is True
+        if cls is not None and hasattr(cls, "VALIDATE_INPUTS"):  # as ComfyUI calls it: the inputs it names
+            wanted = inspect.signature(cls.VALIDATE_INPUTS).parameters
+            assert cls.VALIDATE_INPUTS(**{k: v for k, v in node["inputs"].items() if k in wanted}) is True
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

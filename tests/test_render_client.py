@@ -159,13 +159,13 @@ def test_apply_demo_selects_demo_models_and_shrinks_reelsmith_nodes():
     assert api["1"]["inputs"]["precision"] == "bf16"  # a combo without demo options is left alone
     assert api["4"]["inputs"]["vae_name"] == "reelsmith-demo/wan_2.1_vae.safetensors"  # any node, new COMBO style
     sampler = api["2"]["inputs"]
-    assert (sampler["width"], sampler["height"], sampler["frames"], sampler["steps"]) == (64, 32, 5, 2)
+    assert (sampler["width"], sampler["height"], sampler["frames"], sampler["steps"]) == (512, 256, 5, 2)
     assert sampler["seed"] == 1 and sampler["sampler"] == "unipc" and sampler["model"] == ["1", 0]
     assert api["5"]["inputs"]["width"] == 1280  # not a Reelsmith node: not shrunk
-    assert any("model_name" in c for c in changes) and any("1280x720 -> 64x32" in c for c in changes)
+    assert any("model_name" in c for c in changes) and any("1280x720 -> 512x256" in c for c in changes)
 
 
-@pytest.mark.parametrize("size, expected", [((480, 832), (32, 64)), ((512, 512), (32, 32)), ((832, 480), (64, 32))])
+@pytest.mark.parametrize("size, expected", [((480, 832), (256, 512)), ((512, 512), (256, 256)), ((832, 480), (512, 256))])
 def test_apply_demo_keeps_orientation(size, expected):
     api = wf()
     api["2"]["inputs"]["width"], api["2"]["inputs"]["height"] = size
@@ -175,12 +175,12 @@ def test_apply_demo_keeps_orientation(size, expected):
 
 def test_apply_demo_respects_minimums_and_never_enlarges():
     info = copy.deepcopy(OBJECT_INFO)
-    info["ReelsmithSampler"]["input"]["required"]["width"][1]["min"] = 64
+    info["ReelsmithSampler"]["input"]["required"]["width"][1]["min"] = 300
     api = wf()
     api["2"]["inputs"].update(frames=1, steps=1, length=33)
     cc.apply_demo(api, info)
     inputs = api["2"]["inputs"]
-    assert (inputs["width"], inputs["height"]) == (128, 64)
+    assert (inputs["width"], inputs["height"]) == (1024, 512)
     assert inputs["frames"] == 1 and inputs["steps"] == 1 and inputs["length"] == 5
 
 
@@ -189,7 +189,7 @@ def test_apply_demo_leaves_linked_sizes_and_demo_names():
     api["2"]["inputs"]["width"] = ["9", 0]
     api["1"]["inputs"]["model_name"] = "reelsmith-demo/wan-t2v.safetensors"
     cc.apply_demo(api, OBJECT_INFO)
-    assert api["2"]["inputs"]["width"] == ["9", 0] and api["2"]["inputs"]["height"] == 32
+    assert api["2"]["inputs"]["width"] == ["9", 0] and api["2"]["inputs"]["height"] == 256
     assert api["1"]["inputs"]["model_name"] == "reelsmith-demo/wan-t2v.safetensors"
 
 
@@ -521,7 +521,7 @@ def test_render_main_succeeds_with_demo_and_sets(fake_comfyui, workflow_file, tm
     sent = next(iter(fake_comfyui.prompts.values()))["prompt"]
     assert sent["1"]["inputs"]["model_name"] == "reelsmith-demo/wan-t2v.safetensors"
     assert sent["2"]["inputs"]["seed"] == 7 and sent["2"]["inputs"]["steps"] == 3  # --set wins over --demo
-    assert (sent["2"]["inputs"]["width"], sent["2"]["inputs"]["height"], sent["2"]["inputs"]["frames"]) == (64, 32, 5)
+    assert (sent["2"]["inputs"]["width"], sent["2"]["inputs"]["height"], sent["2"]["inputs"]["frames"]) == (512, 256, 5)
     assert sorted(pathlib.Path(line).name for line in captured.out.splitlines()) == [
         "fox_00001.mp4", "fox_00001_.png", "preview_00001_.png"]
     assert "demo:" in captured.err and "4/4" in captured.err and "Sampler" in captured.err

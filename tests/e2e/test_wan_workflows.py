@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import comfyui_client
+from reelsmith.engine.post.invisible_watermark import detect_payload_in_file
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +62,10 @@ def test_shipped_workflow_renders_with_demo_models(server, path, tmp_path):
     videos = [f for f in files if f.suffix == ".mp4"]
     assert len(videos) == 1, files
     count, width, height = _video_frames(videos[0])
-    assert (count, width, height) == (5, 64, 32)
+    assert (count, width, height) == (5, 512, 256)
+    # the delivered file carries the workflow's invisible watermark through the H.264 encode
+    detection = detect_payload_in_file(videos[0])
+    assert detection.found and detection.payload == "reelsmith", detection.report()
     steps = [(e.value, e.total) for e in events if e.event == "progress" and e.class_type.startswith("ReelsmithWan22")]
     assert steps == [(1, 2), (2, 2)]  # one update per denoising step
     assert any(e.event == "preview" and e.class_type.startswith("ReelsmithWan22") for e in events)
