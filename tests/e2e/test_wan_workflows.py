@@ -129,3 +129,13 @@ def test_wrong_model_for_the_node_names_the_problem(server):
         client.wait(client.queue(api), timeout=300)
     assert error.value.node_type == "ReelsmithWan22TextToVideo"
     assert "image-to-video model" in error.value.exception_message
+
+
+def test_nsfw_stop_prevents_the_encode(server):
+    client = server.client
+    api = _demo_prompt(client, PACK_ROOT / "workflows" / "api" / "wan22_t2v_480p.json", ["NSFW Gate.threshold=0"])
+    api["8"]["inputs"]["filename_prefix"] = "reelsmith/must_not_exist"
+    with pytest.raises(comfyui_client.NodeExecutionError) as error:
+        client.wait(client.queue(api), timeout=300)
+    assert error.value.node_type == "ReelsmithNSFWGate"
+    assert not list(server.output_dir.rglob("must_not_exist*")), "a file was delivered despite the gate"
