@@ -266,3 +266,18 @@ def video_from_file(path: str | pathlib.Path):
         return str(path)
     from comfy_api.latest import InputImpl
     return InputImpl.VideoFromFile(str(path))
+
+
+# ---------------------------------------------------------------- tokenizers ComfyUI ships
+
+def comfyui_t5_tokenizer_dir() -> pathlib.Path | None:
+    """ComfyUI's own T5 tokenizer folder (`comfy/text_encoders/t5_tokenizer`, the one its T5-XXL text encoders
+    use: ComfyUI's t5xxl files carry no tokenizer). None outside ComfyUI or when the folder is missing."""
+    if not comfyui_available():
+        return None
+    spec = importlib.util.find_spec("comfy")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = pathlib.Path(location) / "text_encoders" / "t5_tokenizer"
+        if folder.is_dir():
+            return folder
+    return None

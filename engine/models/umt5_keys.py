@@ -59,9 +59,10 @@ _INPUT_SCALES = (".scale_input", ".input_scale")     # activation scales: unused
 _QUANT_CONFIG = ".comfy_quant"
 
 
-def _mismatch(key: str, layout: str, source: str, hint: str) -> CheckpointMismatchError:
-    return CheckpointMismatchError(f"{source}: unexpected key '{key}' for the {layout} layout of the UMT5-XXL "
-                                   f"text encoder. {hint}")
+def _mismatch(key: str, layout: str, source: str, hint: str,
+              model_name: str = "UMT5-XXL text encoder") -> CheckpointMismatchError:
+    return CheckpointMismatchError(f"{source}: unexpected key '{key}' for the {layout} layout of the {model_name}. "
+                                   f"{hint}")
 
 
 _NOT_UMT5 = ("The file is not Wan's UMT5-XXL text encoder (a T5-XXL for Flux/SD3, a full encoder-decoder, or "
@@ -124,7 +125,10 @@ def _without_tied_copy(state_dict: dict) -> dict:
 
 # ------------------------------------------------------------------ ComfyUI text_encoders/ files
 
-def _weight_scales(state_dict: dict, source: str) -> dict[str, torch.Tensor]:
+_UMT5_FILES = "umt5_xxl_fp16.safetensors or umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+def _weight_scales(state_dict: dict, source: str, suggested_files: str = _UMT5_FILES) -> dict[str, torch.Tensor]:
     """Layer -> per-tensor weight scale of a quantized ComfyUI file (old `scale_weight` or newer
     `weight_scale` + `comfy_quant`); refuses quantization formats other than per-tensor fp8."""
     scales = {}
@@ -137,20 +141,24 @@ def _weight_scales(state_dict: dict, source: str) -> dict[str, torch.Tensor]:
             if layer_format not in ("float8_e4m3fn", "float8_e5m2"):
                 raise CheckpointMismatchError(
                     f"{source}: layer '{key[: -len(_QUANT_CONFIG)]}' is quantized as {layer_format!r}, which "
-                    "Reelsmith cannot read (only per-tensor fp8 is supported). Use umt5_xxl_fp16.safetensors "
-                    "or umt5_xxl_fp8_e4m3fn_scaled.safetensors."
+                    f"Reelsmith cannot read (only per-tensor fp8 is supported). Use {suggested_files}."
                 )
     return scales
 
 
 def convert_umt5_comfyui_to_transformers(state_dict: dict, dtype: torch.dtype = torch.bfloat16,
-                                         source: str = "checkpoint") -> dict:
+                                         source: str = "checkpoint", model_name: str = "UMT5-XXL text encoder",
+                                         wrong_file_hint: str = _NOT_UMT5,
+                                         suggested_files: str = _UMT5_FILES) -> dict:
     """ComfyUI UMT5 text encoder file -> UMT5EncoderModel state dict.
 
     fp8 weights are dequantized as `w.float() * scale_weight` and stored in `dtype` (read as plain weights
     they would be far off); the tokenizer tensor and quantization bookkeeping are dropped.
+    T5 v1.1 encoders (T5-XXL, as LTX-Video uses) share these names (their relative-position table sits in
+    block 0 only, which the model's strict load checks), so t5_encoder.py reuses this with its own
+    `model_name` / `wrong_file_hint` / `suggested_files` for the messages.
     """
-    scales = _weight_scales(state_dict, source)
+    scales = _weight_scales(state_dict, source, suggested_files)
     converted = {}
     for key, tensor in state_dict.items():
         bookkeeping = key in (TOKENIZER_KEY, _FP8_MARKER) or key.endswith(
@@ -158,7 +166,7 @@ def convert_umt5_comfyui_to_transformers(state_dict: dict, dtype: torch.dtype = 
         if bookkeeping:
             continue
         if not _TRANSFORMERS_KEY.match(key):
-            raise _mismatch(key, "ComfyUI text_encoders", source, _NOT_UMT5)
+            raise _mismatch(key, "ComfyUI text_encoders", source, wrong_file_hint, model_name)
         layer = key[: -len(".weight")]
         if layer in scales:
             tensor = (tensor.float() * scales[layer].float()).to(dtype)
@@ -169,7 +177,7 @@ def convert_umt5_comfyui_to_transformers(state_dict: dict, dtype: torch.dtype = 
     if orphans:
         raise CheckpointMismatchError(
             f"{source}: a weight scale for '{orphans[0]}' has no weight '{orphans[0]}.weight'. The file is damaged "
-            "or not a UMT5 text encoder: download it again."
+            f"or not a {model_name}: download it again."
         )
     return _with_embed_tokens(converted)
 
