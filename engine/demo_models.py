@@ -102,18 +102,9 @@ def _contiguous(state_dict: dict) -> dict:
 # ------------------------------------------------------------------ writers, one per layout
 
 def _quantize_fp8_scaled(original: dict) -> dict:
-    """ComfyUI's 'fp8_scaled' format: block Linear weights as fp8 with a per-tensor `scale_weight`."""
-    out = {}
-    for key, tensor in original.items():
-        is_block_linear = key.startswith("blocks.") and key.endswith(".weight") and tensor.ndim == 2
-        if is_block_linear:
-            scale = tensor.abs().max().float() / 448.0
-            out[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
-            out[key[: -len(".weight")] + ".scale_weight"] = scale.reshape(1)
-        else:
-            out[key] = tensor
-    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
-    return out
+    """ComfyUI's 'fp8_scaled' transformer: the blocks' Linear weights as fp8 with a per-tensor `scale_weight`."""
+    return checkpoint_io.quantize_fp8_scaled(
+        original, lambda key, tensor: key.startswith("blocks.") and key.endswith(".weight") and tensor.ndim == 2)
 
 
 def transformer_original_state_dict(model: WanTransformer3DModel) -> dict:

@@ -179,6 +179,26 @@ def load_into_meta_model(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     model.load_state_dict(state_dict, strict=True, assign=True)
 
 
+SCALED_FP8_MARKER = "scaled_fp8"  # the key ComfyUI's fp8_scaled files carry
+FP8_E4M3_MAX = 448.0
+
+
+def quantize_fp8_scaled(state_dict: dict, should_quantize: Callable[[str, torch.Tensor], bool]) -> dict:
+    """Write a state dict in ComfyUI's "fp8_scaled" format: each selected weight as float8_e4m3fn with a
+    per-tensor `<layer>.scale_weight` (weight = fp8 * scale), plus the `scaled_fp8` marker. Used to make demo and
+    test files in that format; loaders dequantize or keep them as fp8 storage."""
+    out = {}
+    for key, tensor in state_dict.items():
+        if should_quantize(key, tensor):
+            scale = tensor.detach().abs().max().float().clamp(min=1e-12) / FP8_E4M3_MAX
+            out[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            out[key[: -len(".weight")] + ".scale_weight"] = scale.reshape(1)
+        else:
+            out[key] = tensor
+    out[SCALED_FP8_MARKER] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
 CONFIG_HINT_SUFFIX = ".reelsmith.json"
 
 

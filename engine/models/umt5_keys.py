@@ -23,9 +23,9 @@ from functools import lru_cache
 import torch
 
 from ..errors import CheckpointMismatchError, ModelFilesError
+from . import checkpoint_io
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-FP8_MAX = 448.0  # largest float8_e4m3fn value
 
 _TRANSFORMERS_KEY = re.compile(
     r"^(?:shared|encoder\.embed_tokens|encoder\.final_layer_norm"
@@ -183,18 +183,11 @@ def convert_umt5_comfyui_to_transformers(state_dict: dict, dtype: torch.dtype = 
 
 
 def quantize_fp8_scaled(state_dict: dict) -> dict:
-    """ComfyUI's `fp8_e4m3fn_scaled` format: the blocks' Linear weights as fp8 with a per-tensor
+    """ComfyUI's `fp8_e4m3fn_scaled` text encoder: the blocks' Linear weights as fp8 with a per-tensor
     `<layer>.scale_weight`, and a `scaled_fp8` marker (what the demo's text encoder file carries)."""
-    out = {}
-    for key, tensor in state_dict.items():
-        if key.startswith("encoder.block.") and tensor.ndim == 2 and "relative_attention_bias" not in key:
-            scale = tensor.detach().abs().max().float().clamp(min=1e-12) / FP8_MAX
-            out[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
-            out[key[: -len(".weight")] + ".scale_weight"] = scale.reshape(1)
-        else:
-            out[key] = tensor
-    out[_FP8_MARKER] = torch.empty(0, dtype=torch.float8_e4m3fn)
-    return out
+    return checkpoint_io.quantize_fp8_scaled(
+        state_dict, lambda key, tensor: key.startswith("encoder.block.") and tensor.ndim == 2
+        and "relative_attention_bias" not in key)
 
 
 def convert_umt5_transformers_to_comfyui(state_dict: dict, spiece_model: bytes | None = None,
