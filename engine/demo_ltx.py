@@ -32,7 +32,11 @@ from .models.umt5_keys import convert_umt5_transformers_to_comfyui, tiny_spiece_
 
 DEMO_DIR = "reelsmith-demo"
 DIFFUSERS_NAME = "LTX-Video-Diffusers"
-VENDOR_FILES = {"ltxv-2b-0.9.8-distilled.safetensors": True, "ltxv-13b-0.9.8-dev.safetensors": False}  # name -> distilled
+VENDOR_FILES = {  # name -> distilled (all tiny: the size in the name is only a name)
+    "ltxv-2b-0.9.8-distilled.safetensors": True,
+    "ltxv-13b-0.9.8-dev.safetensors": False,
+    "ltxv-13b-0.9.8-distilled.safetensors": True,
+}
 TEXT_ENCODER_FILES = {"t5xxl_fp16.safetensors": False, "t5xxl_fp8_e4m3fn_scaled.safetensors": True}  # -> fp8_scaled
 UPSCALER_FILE = "ltxv-spatial-upscaler-0.9.8.safetensors"
 TEXT_DIM = 32
@@ -74,9 +78,9 @@ def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def tiny_vae_config() -> dict:
-    base = {k: v for k, v in ltx_config(VAE_CONFIGS["0.9.5"]).items()
-            if k not in ("spatial_compression_ratio", "temporal_compression_ratio")}
-    return {**base, **TINY_VAE}
+    """The 0.9.5 structure at a small width. The compression ratios stay in the config: diffusers would
+    otherwise derive them from `spatio_temporal_scaling` alone (64x/16x), ignoring the down-block types."""
+    return {**ltx_config(VAE_CONFIGS["0.9.5"]), **TINY_VAE}
 
 
 def tiny_tokenizer():

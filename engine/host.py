@@ -125,7 +125,7 @@ def throw_if_interrupted() -> None:
 
 def _comfy_latent_format(kind: str):
     import comfy.latent_formats as formats
-    return {"wan2.1": formats.Wan21, "wan2.2": formats.Wan22}[kind]()
+    return {"wan2.1": formats.Wan21, "wan2.2": formats.Wan22, "ltxv": formats.LTXV}[kind]()
 
 
 class StepReporter:
@@ -146,6 +146,7 @@ class StepReporter:
             self.bar = comfy.utils.ProgressBar(total_steps)
             if latent_kind is not None:
                 self.previewer = self._make_previewer(latent_kind)
+                self.preview_channels = _comfy_latent_format(latent_kind).latent_channels
 
     @staticmethod
     def _make_previewer(latent_kind: str):
@@ -166,7 +167,8 @@ class StepReporter:
             self.on_step(step, self.total, x0)
         if self.bar is not None:
             preview = None
-            if self.previewer is not None and x0 is not None:
+            # (a model of another channel count, such as a tiny demo model, gets no preview)
+            if self.previewer is not None and x0 is not None and x0.shape[1] == self.preview_channels:
                 preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, :1].float().cpu())
             self.bar.update_absolute(step, self.total, preview)
 

@@ -221,11 +221,57 @@ def wan_ti2v_5b() -> tuple[list[Node], str]:
     return nodes, "Wan 2.2 TI2V-5B 720p"
 
 
+LTX_REPO = f"{HF}/Lightricks/LTX-Video/resolve/main"
+T5_URL = f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"
+LTX_PROMPT = ("A sailboat glides across a calm bay at sunrise, gulls circling above the mast, soft golden light on "
+              "the water, the camera slowly tracking alongside at deck height, cinematic, shallow depth of field.")
+
+
+def ltx(kind: str, checkpoint: str) -> tuple[list[Node], str]:
+    """LTX-Video at 1280x704 (720p rounded to a multiple of 32), 97 frames, 25 fps."""
+    distilled = "distilled" in checkpoint
+    loader = Node(1, "ReelsmithLTXModelLoader", dict(
+        model="single files (pick below)", checkpoint=checkpoint, text_encoder="t5xxl_fp16.safetensors",
+        precision="fp8_e4m3fn_fast", attention="auto", compile="off", offload="none"),
+        title="LTX Model Loader", pos=(40, 120), models=[
+            {"name": checkpoint, "url": f"{LTX_REPO}/{checkpoint}", "directory": "checkpoints"},
+            {"name": "t5xxl_fp16.safetensors", "url": T5_URL, "directory": "text_encoders"},
+        ])
+    widgets = dict(prompt=LTX_PROMPT, width=1280, height=704, frames=97, frame_rate=25.0, steps=40,
+                   cfg=1.0 if distilled else 3.0, stochastic=distilled, seed=42)
+    nodes = [loader]
+    if kind == "t2v":
+        nodes.append(Node(2, "ReelsmithLTXTextToVideo", widgets, {"ltx_model": (1, 0)},
+                          title="LTX Text to Video", pos=(460, 120)))
+        title = "LTX-Video 2B T2V 720p"
+    elif kind == "i2v":
+        nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)))
+        nodes.append(Node(2, "ReelsmithLTXImageToVideo", dict(widgets, strength=1.0, fit="crop"),
+                          {"ltx_model": (1, 0), "image": (5, 0)}, title="LTX Image to Video", pos=(460, 120)))
+        title = "LTX-Video 13B distilled I2V 720p"
+    else:
+        nodes += [
+            Node(5, "LoadImage", {"image": "example.png"}, title="First Frame", pos=(40, 520)),
+            Node(9, "LoadImage", {"image": "example.png"}, title="Last Frame", pos=(40, 860)),
+            Node(10, "ReelsmithLTXKeyframe", dict(frame_index=0, strength=1.0), {"images": (5, 0)},
+                 title="Keyframe: first", pos=(300, 520)),
+            Node(11, "ReelsmithLTXKeyframe", dict(frame_index=96, strength=1.0), {"images": (9, 0), "keyframes": (10, 0)},
+                 title="Keyframe: last", pos=(300, 860)),
+            Node(2, "ReelsmithLTXKeyframes", dict(widgets, fit="crop"), {"ltx_model": (1, 0), "keyframes": (11, 0)},
+                 title="LTX Keyframes", pos=(460, 120)),
+        ]
+        title = "LTX-Video keyframes: first and last frame"
+    return nodes + delivery_tail(2, f"reelsmith/ltx_{kind}_720p"), title
+
+
 WORKFLOWS = {
     "wan22_t2v_480p": lambda: wan_a14b("t2v", 832, 480),
     "wan22_t2v_720p": lambda: wan_a14b("t2v", 1280, 720),
     "wan22_i2v_720p": lambda: wan_a14b("i2v", 1280, 720),
     "wan22_ti2v_5b_720p": wan_ti2v_5b,
+    "ltx_2b_t2v_720p": lambda: ltx("t2v", "ltxv-2b-0.9.8-distilled.safetensors"),
+    "ltx_13b_distilled_i2v_720p": lambda: ltx("i2v", "ltxv-13b-0.9.8-distilled.safetensors"),
+    "ltx_keyframes_720p": lambda: ltx("keyframes", "ltxv-13b-0.9.8-dev.safetensors"),
 }
 
 

@@ -45,6 +45,7 @@ DEMO_SUBFOLDER = "reelsmith-demo"
 
 DEMO_SIZE_UNIT = 256  # the invisible watermark needs room (>= 128 px, 32 px blocks); still quick on a CPU
 DEMO_INT_LIMITS = {"frames": 5, "length": 5, "steps": 2}
+DEMO_LAST_KEYFRAME = 8
 DEMO_NODE_PREFIX = "Reelsmith"
 
 MODEL_FOLDER_KEYS = {
@@ -440,7 +441,8 @@ def apply_demo(api: dict, object_info: Mapping[str, Any]) -> list[str]:
     that offers any `reelsmith-demo/` option but none for V is an error (all such inputs listed together), unless V
     is one of its options and a label rather than a model name (has whitespace, or is none/auto/default/off/disabled).
     Shrink, on nodes whose class_type starts with 'Reelsmith': width/height -> 512x256 landscape, 256x512
-    portrait, 256x256 square (multiples of 256, raised to the declared minimum); frames/length -> 5 and steps -> 2 (never raised)."""
+    portrait, 256x256 square (multiples of 256, raised to the declared minimum); frames/length -> the shortest valid clip (5, or 9
+    when the widget steps by 8), steps -> 2 (never raised); keyframe frame_index values past 8 -> 8."""
     changes: list[str] = []
     missing: list[str] = []
     for node_id in sorted(api, key=_node_sort_key):
@@ -477,11 +479,19 @@ def apply_demo(api: dict, object_info: Mapping[str, Any]) -> list[str]:
                     changes.append(f"{label}: {name} {value} -> {unit}")
         for name, limit in DEMO_INT_LIMITS.items():
             value = inputs.get(name)
-            minimum = _spec_opts(specs.get(name)).get("min")
+            options = _spec_opts(specs.get(name))
+            minimum, step = options.get("min"), options.get("step")
+            if name in ("frames", "length") and isinstance(step, int) and step > 1:
+                limit = step + 1  # the shortest valid clip: 4k+1 -> 5 frames, 8k+1 -> 9
             target = max(limit, int(minimum)) if isinstance(minimum, (int, float)) else limit
             if _is_int(value) and value > target:
                 inputs[name] = target
                 changes.append(f"{label}: {name} {value} -> {target}")
+        # a keyframe pinned later in the clip moves to the last frame of the shortest clip (9 frames)
+        value = inputs.get("frame_index")
+        if _is_int(value) and value > DEMO_LAST_KEYFRAME:
+            inputs["frame_index"] = DEMO_LAST_KEYFRAME
+            changes.append(f"{label}: frame_index {value} -> {DEMO_LAST_KEYFRAME}")
     if missing:
         raise WorkflowError("--demo: these model selections have no demo counterpart (make them with "
                             "scripts/make_demo_models.py --models-dir DIR):\n  " + "\n  ".join(missing))

@@ -165,7 +165,7 @@ def test_missing_tokenizer_outside_comfyui_is_a_clear_error(tmp_path, demo, monk
     shutil.copy(str(_paths(root)["t5"]) + ".reelsmith.json", str(lone) + ".reelsmith.json")
     files = ltx_layouts.resolve_single_files(_paths(root)["distilled"], lone)
     assert files.tokenizer is None and files.notes  # ComfyUI's own tokenizer, at load time
-    assert host.comfyui_t5_tokenizer_dir() is None  # no ComfyUI in the engine tests
+    monkeypatch.setattr(host, "comfyui_t5_tokenizer_dir", lambda: None)  # outside ComfyUI (even if on sys.path)
     with pytest.raises(ModelFilesError, match=r"carries no tokenizer.*t5_tokenizer.*tokenizer/"):
         t5_encoder.load_t5_encoder(lone, "comfyui", None)
     # inside ComfyUI its own folder is used

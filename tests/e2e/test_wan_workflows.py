@@ -40,7 +40,7 @@ def _demo_prompt(client, path: pathlib.Path, sets=()) -> dict:
     api = comfyui_client.to_api_format(workflow, info)
     comfyui_client.apply_demo(api, info)
     for node in api.values():
-        if node["class_type"].startswith("ReelsmithWan22"):
+        if node["class_type"].startswith("Reelsmith") and isinstance(node["inputs"].get("seed"), int):
             node["inputs"]["seed"] = next(_seeds)
     comfyui_client.apply_sets(api, list(sets), info)
     return api

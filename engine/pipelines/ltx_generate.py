@@ -1,0 +1,119 @@
+"""One LTX-Video generation from node inputs to frames: text, conditioning images, sampling, decode, and
+the same cleanup and error rules as Wan (wan_generate.py)."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+import torch
+
+from .. import host
+from ..errors import InvalidInputError, OutOfMemoryError
+from .ltx_sampler import LTXCondition, LTXSampleRequest, decode_ltx_latents, sample_ltx
+from .ltx_validation import check_ltx_size
+from .wan_generate import fit_image
+
+
+@dataclass
+class LTXVideo:
+    frames: torch.Tensor    # IMAGE [F, H, W, 3]
+    latents: torch.Tensor   # native LTXV LATENT samples (normalized) [1, 128, T, h, w]
+    fps: float
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """Images (IMAGE batch: one image or a short clip) pinned at a video frame with a strength."""
+    images: torch.Tensor
+    frame_index: int
+    strength: float
+
+
+def _oom_advice(model, width: int, height: int, frames: int) -> str:
+    options = []
+    if not model.options.precision.startswith("fp8"):
+        options.append("precision fp8_e4m3fn")
+    if model.options.offload != "block":
+        options.append("offload 'block'")
+    options.append(f"a smaller size or fewer frames than {width}x{height}x{frames}")
+    return "; ".join(options)
+
+
+def _mask_of(conditioning_entry) -> torch.Tensor | None:
+    extra = conditioning_entry[1] if len(conditioning_entry) > 1 and isinstance(conditioning_entry[1], dict) else {}
+    return extra.get("attention_mask")
+
+
+def generate_ltx_video(
+    model,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    width: int,
+    height: int,
+    frames: int,
+    frame_rate: float,
+    steps: int,
+    cfg: float,
+    guidance_rescale: float,
+    stochastic: bool,
+    decode_timestep: float,
+    decode_noise_scale: float,
+    seed: int,
+    keyframes: list[Keyframe] = (),
+    image_fit: str = "crop",
+    positive=None,
+    negative=None,
+    on_step=None,
+) -> LTXVideo:
+    check_ltx_size(width, height, frames, model.variant.display_name)
+    use_cfg = cfg != 1.0
+    if positive is not None:
+        embeds = positive[0][0]
+        mask = _mask_of(positive[0])
+        mask = mask if mask is not None else torch.ones(embeds.shape[:2], dtype=torch.long)
+        if use_cfg and negative is None:
+            raise InvalidInputError("CFG other than 1 needs negative CONDITIONING too (or set cfg to 1).")
+        neg_embeds = negative[0][0] if use_cfg else None
+        neg_mask = None
+        if neg_embeds is not None:
+            neg_mask = _mask_of(negative[0])
+            neg_mask = neg_mask if neg_mask is not None else torch.ones(neg_embeds.shape[:2], dtype=torch.long)
+    else:
+        embeds, mask, neg_embeds, neg_mask = model.encode_text(prompt, negative_prompt if use_cfg else None)
+
+    conditions = []
+    for keyframe in keyframes:
+        pixels = torch.stack([fit_image(image, width, height, image_fit) for image in keyframe.images])
+        conditions.append(LTXCondition(pixels=pixels, frame_index=int(keyframe.frame_index),
+                                       strength=float(keyframe.strength)))
+    distilled_sigmas = model.facts.allowed_inference_steps if model.facts.distilled else None
+    request = LTXSampleRequest(
+        prompt_embeds=embeds, prompt_mask=mask, negative_embeds=neg_embeds, negative_mask=neg_mask,
+        width=width, height=height, frames=frames, frame_rate=frame_rate, steps=steps, cfg=cfg,
+        guidance_rescale=guidance_rescale, seed=seed, stochastic=stochastic, sigmas=distilled_sigmas,
+        decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale,
+        causal_temporal_positioning=bool(model.facts.causal_temporal_positioning), conditions=conditions,
+    )
+    total_steps = len(distilled_sigmas) if distilled_sigmas else steps
+    reporter = host.StepReporter(total_steps, latent_kind="ltxv", on_step=on_step)
+    out_of_memory = False
+    try:
+        model.prepare_for_sampling()
+        result = sample_ltx(model.transformer, model.vae, request, model.device,
+                            on_step=lambda step, total, x0: reporter.step(step, x0), stage=model.stage)
+        host.throw_if_interrupted()
+        frames_out = decode_ltx_latents(model.vae, result.latents, model.device, decode_timestep,
+                                        decode_noise_scale, seed)
+    except torch.OutOfMemoryError:
+        out_of_memory = True  # not re-raised here: the traceback would keep the intermediates alive
+    finally:
+        model.release_after_run()
+        gc.collect()
+        host.soft_empty_cache()
+    if out_of_memory:
+        raise OutOfMemoryError(
+            f"Out of GPU memory generating {width}x{height}, {frames} frames with {model.describe()}. "
+            f"Options that would fit: {_oom_advice(model, width, height, frames)}.")
+    return LTXVideo(frames=frames_out, latents=result.latents, fps=float(frame_rate))
