@@ -42,6 +42,8 @@ MODEL_SETS: dict[str, list[str]] = {
     "wan22-t2v-a14b": ["wan22_t2v_480p.json", "wan22_t2v_720p.json"],
     "wan22-i2v-a14b": ["wan22_i2v_720p.json"],
     "wan22-ti2v-5b": ["wan22_ti2v_5b_720p.json"],
+    "ltx-2b": ["ltx_2b_t2v_720p.json"],
+    "ltx-13b": ["ltx_13b_distilled_i2v_720p.json", "ltx_keyframes_720p.json"],
 }
 ALL_SET = "all"  # every UI-format workflow in workflows/
 
