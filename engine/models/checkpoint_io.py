@@ -94,6 +94,23 @@ def shard_files(path: pathlib.Path) -> list[pathlib.Path]:
     return [path]
 
 
+def folder_has_weights(folder: pathlib.Path) -> bool:
+    return folder.is_dir() and any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir())
+
+
+def missing_shards(folder: pathlib.Path) -> list[str]:
+    """Shards that a folder's `*.index.json` lists but the folder lacks (an interrupted download)."""
+    missing = []
+    for index in folder.glob("*.index.json"):
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            missing.append(f"{index} (unreadable index)")
+            continue
+        missing += [str(folder / n) for n in sorted(names) if not (folder / n).exists()]
+    return missing
+
+
 def read_state_dict(path, transform_key: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint (file, shard index or shard folder) on the CPU, memory-mapped where possible."""
     state_dict: dict[str, torch.Tensor] = {}

@@ -27,6 +27,7 @@ import pathlib
 from dataclasses import dataclass, field
 
 from ..errors import ModelFilesError
+from . import checkpoint_io
 
 LAYOUT_DIFFUSERS = "diffusers"
 LAYOUT_SINGLE_FILES = "LTX-Video vendor checkpoint + ComfyUI text encoder"
@@ -63,22 +64,6 @@ class LTXModelFiles:
     tokenizer: pathlib.Path | None            # None with a ComfyUI file: ComfyUI's own T5 tokenizer (at load)
     upscaler: pathlib.Path | None = None      # ltxv-spatial-upscaler-*.safetensors, optional
     notes: list[str] = field(default_factory=list)
-
-
-def _has_weights(folder: pathlib.Path) -> bool:
-    return folder.is_dir() and any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir())
-
-
-def _incomplete_shards(folder: pathlib.Path) -> list[str]:
-    missing = []
-    for index in folder.glob("*.index.json"):
-        try:
-            names = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError):
-            missing.append(f"{index} (unreadable index)")
-            continue
-        missing += [str(folder / n) for n in sorted(names) if not (folder / n).exists()]
-    return missing
 
 
 def is_diffusers_ltx_folder(folder: pathlib.Path) -> bool:
@@ -137,10 +122,10 @@ def resolve_diffusers_folder(folder, label: str | None = None, upscaler=None) ->
             continue
         if not (target / "config.json").is_file():
             missing.append(f"{target}/config.json")
-        if not _has_weights(target):
+        if not checkpoint_io.folder_has_weights(target):
             missing.append(f"{target}/ (weights: *.safetensors)")
         else:
-            missing += _incomplete_shards(target)
+            missing += checkpoint_io.missing_shards(target)
     if upscaler is not None and not pathlib.Path(upscaler).is_file():
         missing.append(_upscaler_missing(pathlib.Path(upscaler)))
     if missing:

@@ -14,6 +14,7 @@ import pathlib
 from dataclasses import dataclass, field
 
 from ..errors import ModelFilesError
+from . import checkpoint_io
 
 LAYOUT_DIFFUSERS = "diffusers"
 LAYOUT_RELEASE = "Wan-AI release"
@@ -39,22 +40,6 @@ class WanModelFiles:
     text_encoder_format: str | None           # "transformers" | "wan-original" | "comfyui"
     tokenizer: pathlib.Path | None            # a tokenizer folder; ComfyUI files carry theirs inside
     notes: list[str] = field(default_factory=list)
-
-
-def _has_weights(folder: pathlib.Path) -> bool:
-    return folder.is_dir() and any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir())
-
-
-def _incomplete_shards(folder: pathlib.Path) -> list[str]:
-    missing = []
-    for index in folder.glob("*.index.json"):
-        try:
-            names = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError):
-            missing.append(f"{index} (unreadable index)")
-            continue
-        missing += [str(folder / n) for n in sorted(names) if not (folder / n).exists()]
-    return missing
 
 
 def is_diffusers_wan_folder(folder: pathlib.Path) -> bool:
@@ -117,15 +102,15 @@ def resolve_release_folder(folder: pathlib.Path, label: str) -> WanModelFiles:
     missing: list[str] = []
     if two_experts:
         for expert in ("high_noise_model", "low_noise_model"):
-            if not _has_weights(folder / expert):
+            if not checkpoint_io.folder_has_weights(folder / expert):
                 missing.append(f"{folder / expert}/ (the {expert.split('_')[0]}-noise expert's .safetensors shards)")
             else:
-                missing += _incomplete_shards(folder / expert)
+                missing += checkpoint_io.missing_shards(folder / expert)
         vae_name = "Wan2.1_VAE.pth"
     else:
         if not any(folder.glob("*.safetensors")):
             missing.append(f"{folder}/diffusion_pytorch_model-*.safetensors (the TI2V-5B transformer shards)")
-        missing += _incomplete_shards(folder)
+        missing += checkpoint_io.missing_shards(folder)
         vae_name = "Wan2.2_VAE.pth"
     for needed in (vae_name, T5_FILE):
         if not (folder / needed).is_file():
@@ -162,10 +147,10 @@ def resolve_diffusers_folder(folder: pathlib.Path, label: str) -> WanModelFiles:
             continue
         if not (target / "config.json").is_file():
             missing.append(f"{target}/config.json")
-        if not _has_weights(target):
+        if not checkpoint_io.folder_has_weights(target):
             missing.append(f"{target}/ (weights: *.safetensors)")
         elif target.is_dir():
-            missing += _incomplete_shards(target)
+            missing += checkpoint_io.missing_shards(target)
     if missing:
         raise ModelFilesError(
             f"Wan model '{label}' is incomplete (assumed layout: {LAYOUT_DIFFUSERS} folder). Missing:\n  - "

@@ -12,7 +12,7 @@ from .. import host
 from ..errors import InvalidInputError, OutOfMemoryError
 from .ltx_sampler import LTXCondition, LTXSampleRequest, decode_ltx_latents, sample_ltx
 from .ltx_validation import check_ltx_size
-from .wan_generate import fit_image
+from .wan_generate import fit_image, oom_advice
 
 
 @dataclass
@@ -28,16 +28,6 @@ class Keyframe:
     images: torch.Tensor
     frame_index: int
     strength: float
-
-
-def _oom_advice(model, width: int, height: int, frames: int) -> str:
-    options = []
-    if not model.options.precision.startswith("fp8"):
-        options.append("precision fp8_e4m3fn")
-    if model.options.offload != "block":
-        options.append("offload 'block'")
-    options.append(f"a smaller size or fewer frames than {width}x{height}x{frames}")
-    return "; ".join(options)
 
 
 def _mask_of(conditioning_entry) -> torch.Tensor | None:
@@ -115,5 +105,5 @@ def generate_ltx_video(
     if out_of_memory:
         raise OutOfMemoryError(
             f"Out of GPU memory generating {width}x{height}, {frames} frames with {model.describe()}. "
-            f"Options that would fit: {_oom_advice(model, width, height, frames)}.")
+            f"Options that would fit: {oom_advice(model, width, height, frames)}.")
     return LTXVideo(frames=frames_out, latents=result.latents, fps=float(frame_rate))

@@ -50,7 +50,8 @@ def fit_image(image: torch.Tensor, width: int, height: int, fit: str) -> torch.T
     return resized.clamp(0, 1)[0].permute(1, 2, 0)
 
 
-def _oom_advice(model, width: int, height: int, frames: int) -> str:
+def oom_advice(model, width: int, height: int, frames: int) -> str:
+    """The options that would make a run fit, given the model's current ones (any family's loaded model)."""
     options = []
     if not model.options.precision.startswith("fp8"):
         options.append("precision fp8_e4m3fn (half the weight memory)")
@@ -142,6 +143,6 @@ def generate_wan_video(
     if out_of_memory:
         raise OutOfMemoryError(
             f"Out of GPU memory generating {width}x{height}, {frames} frames with {model.describe()}. "
-            f"Options that would fit: {_oom_advice(model, width, height, frames)}."
+            f"Options that would fit: {oom_advice(model, width, height, frames)}."
         )
     return WanVideo(frames=frames_out, latents=result.latents, fps=float(variant.default_fps))
