@@ -5,11 +5,21 @@ from __future__ import annotations
 
 from ..engine import host
 from ..engine.errors import InvalidInputError
-from ..engine.models import attention, compile as compile_options, precision
-from ..engine.models.ltx_layouts import discover_ltx_folders, resolve_diffusers_folder, resolve_single_files
+from ..engine.models import attention, precision
+from ..engine.models import compile as compile_options
+from ..engine.models.ltx_layouts import (
+    discover_ltx_folders,
+    find_upscalers,
+    resolve_diffusers_folder,
+    resolve_single_files,
+)
 from ..engine.models.ltx_loaded import LTXLoadOptions, load_ltx_model
 from ..engine.models.wan_model import OFFLOAD_MODES
-from ..engine.pipelines.ltx_generate import Keyframe, generate_ltx_video
+from ..engine.pipelines.ltx_generate import (
+    Keyframe,
+    generate_ltx_video,
+    upscale_and_refine_ltx,
+)
 from ..engine.pipelines.ltx_validation import ltx_size_errors
 from ..engine.pipelines.wan_generate import IMAGE_FITS
 from .wan import MAX_SEED, NONE, SINGLE_FILES, _file_choices
@@ -208,12 +218,67 @@ class ReelsmithLTXKeyframes(_LTXSamplerNode):
         return self._run(keyframes=keyframes, image_fit=fit, **inputs)
 
 
+class ReelsmithLTXLatentUpscale:
+    DESCRIPTION = (
+        "The vendor's multi-scale recipe, second stage: the LTX spatial latent upscaler doubles the width and height "
+        "of a latent video from a Reelsmith LTX sampler, then a short refinement pass (partial denoise) restores "
+        "detail at the new size. Generate small (e.g. 640x352), then upscale to about 720p, faster than sampling "
+        "at 720p directly."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "upscale"
+    RETURN_TYPES = ("IMAGE", "LATENT", "FLOAT")
+    RETURN_NAMES = ("frames", "latent", "fps")
+    OUTPUT_TOOLTIPS = (
+        "The refined video frames at twice the width and height (native IMAGE batch).",
+        "The refined latent video, decodable by core VAEDecode with the LTXV VAE.",
+        "The frame rate, for Encode Video.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        sampler = _sampler_inputs()
+        return {
+            "required": {
+                "ltx_model": sampler["ltx_model"],
+                "latent": ("LATENT", {"tooltip": "The latent output of a Reelsmith LTX sampler (same model)."}),
+                "upscaler": (sorted(find_upscalers(host.models_roots())) or [NONE], {
+                    "tooltip": "The spatial latent upscaler, e.g. ltxv-spatial-upscaler-0.9.8.safetensors in "
+                               "models/latent_upscale_models."}),
+                "prompt": sampler["prompt"],
+                "negative_prompt": sampler["negative_prompt"],
+                "frame_rate": sampler["frame_rate"],
+                "steps": ("INT", {"default": 10, "min": 1, "max": 200,
+                                  "tooltip": "Steps of the full schedule; only those at noise levels <= denoise run."}),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 20.0, "step": 0.1,
+                                  "tooltip": "Guidance scale of the refinement; 1 (no CFG) as the vendor's second pass."}),
+                "denoise": ("FLOAT", {"default": 0.4, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "How much of the upscaled video is re-noised and redrawn: low keeps "
+                                                 "it closer to the first pass, high adds detail but may drift. Too "
+                                                 "low for the schedule leaves no step (an error says so)."}),
+                "seed": sampler["seed"],
+                "decode_timestep": sampler["decode_timestep"],
+                "decode_noise_scale": sampler["decode_noise_scale"],
+            },
+            "optional": dict(_OPTIONAL_CONDITIONING),
+        }
+
+    def upscale(self, ltx_model, latent, upscaler, **inputs):
+        files = find_upscalers(host.models_roots())
+        if upscaler not in files:
+            raise InvalidInputError(f"LTX upscaler '{upscaler}' is not found under models/latent_upscale_models; "
+                                    "download ltxv-spatial-upscaler-0.9.8.safetensors from Lightricks/LTX-Video.")
+        video = upscale_and_refine_ltx(ltx_model, files[upscaler], latent["samples"], **inputs)
+        return (video.frames, {"samples": video.latents}, video.fps)
+
+
 NODE_CLASS_MAPPINGS = {
     "ReelsmithLTXModelLoader": ReelsmithLTXModelLoader,
     "ReelsmithLTXTextToVideo": ReelsmithLTXTextToVideo,
     "ReelsmithLTXImageToVideo": ReelsmithLTXImageToVideo,
     "ReelsmithLTXKeyframe": ReelsmithLTXKeyframe,
     "ReelsmithLTXKeyframes": ReelsmithLTXKeyframes,
+    "ReelsmithLTXLatentUpscale": ReelsmithLTXLatentUpscale,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ReelsmithLTXModelLoader": "Reelsmith LTX Model Loader",
@@ -221,4 +286,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ReelsmithLTXImageToVideo": "Reelsmith LTX Image to Video",
     "ReelsmithLTXKeyframe": "Reelsmith LTX Keyframe",
     "ReelsmithLTXKeyframes": "Reelsmith LTX Keyframes",
+    "ReelsmithLTXLatentUpscale": "Reelsmith LTX Latent Upscale",
 }

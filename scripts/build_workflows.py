@@ -264,6 +264,24 @@ def ltx(kind: str, checkpoint: str) -> tuple[list[Node], str]:
     return nodes + delivery_tail(2, f"reelsmith/ltx_{kind}_720p"), title
 
 
+UPSCALER = "ltxv-spatial-upscaler-0.9.8.safetensors"
+
+
+def ltx_two_stage_upscale() -> tuple[list[Node], str]:
+    """The vendor's multi-scale recipe: LTX 13B distilled text-to-video at 640x352, then the spatial latent
+    upscaler (2x) and a short refinement pass -> 1280x704."""
+    nodes, _ = ltx("t2v", "ltxv-13b-0.9.8-distilled.safetensors")
+    for node in nodes:
+        if node.type == "ReelsmithLTXTextToVideo":
+            node.widgets.update(width=640, height=352)
+    nodes = [node for node in nodes if node.id not in (6, 7, 8)]  # the delivery tail moves after the upscale
+    nodes.append(Node(3, "ReelsmithLTXLatentUpscale", dict(
+        upscaler=UPSCALER, prompt=LTX_PROMPT, frame_rate=25.0, steps=10, cfg=1.0, denoise=0.4, seed=42),
+        {"ltx_model": (1, 0), "latent": (2, 1)}, title="LTX Latent Upscale", pos=(680, 120),
+        models=[{"name": UPSCALER, "url": f"{LTX_REPO}/{UPSCALER}", "directory": "latent_upscale_models"}]))
+    return nodes + delivery_tail(3, "reelsmith/ltx_two_stage_upscale_720p"), "LTX-Video 13B distilled two-stage upscale 720p"
+
+
 WORKFLOWS = {
     "wan22_t2v_480p": lambda: wan_a14b("t2v", 832, 480),
     "wan22_t2v_720p": lambda: wan_a14b("t2v", 1280, 720),
@@ -272,6 +290,7 @@ WORKFLOWS = {
     "ltx_2b_t2v_720p": lambda: ltx("t2v", "ltxv-2b-0.9.8-distilled.safetensors"),
     "ltx_13b_distilled_i2v_720p": lambda: ltx("i2v", "ltxv-13b-0.9.8-distilled.safetensors"),
     "ltx_keyframes_720p": lambda: ltx("keyframes", "ltxv-13b-0.9.8-dev.safetensors"),
+    "ltx_two_stage_upscale_720p": ltx_two_stage_upscale,
 }
 
 

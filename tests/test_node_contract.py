@@ -16,7 +16,7 @@ import reelsmith  # noqa: E402
 
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 MODEL_FILE_INPUTS = {"diffusion_model", "diffusion_model_low_noise", "text_encoder", "vae", "model", "lora_name",
-                     "checkpoint"}
+                     "checkpoint", "upscaler"}
 OBJECT_INFO = build_workflows.combined_object_info()
 
 
@@ -98,7 +98,8 @@ def test_workflow_valid_in_both_formats(path):
     assert models, "the loader lists no model files"
     for model in models:
         assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
-        assert model["directory"] in ("diffusion_models", "text_encoders", "vae", "loras", "checkpoints")
+        assert model["directory"] in ("diffusion_models", "text_encoders", "vae", "loras", "checkpoints",
+                                      "latent_upscale_models")
     names = {m["name"] for m in models}
     _check_api_workflow(api, names, f"{path.name} (API)")
     converted = convert_ui_to_api(ui, OBJECT_INFO)

@@ -42,6 +42,9 @@ comfy/model_base.py LTXV, comfy/ldm/lightricks/vae):
   guided latent counts the guides too).
   Not done: the vendor's optional re-noising of hard conditions each step (`image_cond_noise_scale`) and
   diffusers' split of a mid-clip video condition into 2 appended + in-place latents.
+- Refinement (the vendor's multi-scale second pass; ComfyUI's partial denoise): with `initial_latents`
+  (normalized) the schedule keeps only its sigmas <= `denoise` (plus the final 0) and starts from
+  x = (1 - s0) initial + s0 noise.
 - Decode: the 0.9.1+ VAE is timestep-conditioned; the vendor and ComfyUI add noise in NORMALIZED space,
   x = (1 - noise_scale) x + noise_scale * noise, then decode with `decode_timestep` (ComfyUI: 0.05 and
   0.025). diffusers adds the noise after denormalizing; we follow the vendor.
@@ -96,6 +99,8 @@ class LTXSampleRequest:
     causal_temporal_positioning: bool = False
     conditions: list[LTXCondition] = field(default_factory=list)
     keyframe_method: str = "append"              # for conditions not at frame 0: "append" (vendor) or "in_place"
+    initial_latents: torch.Tensor | None = None  # normalized [1, C, T, h, w] at this size: refine instead of generate
+    denoise: float = 1.0                         # with initial_latents: start at the schedule's sigmas <= denoise
 
 
 @dataclass
@@ -137,6 +142,18 @@ def explicit_ltx_sigmas(sigmas: Sequence[float]) -> torch.Tensor:
     if any(not 0.0 < s <= 1.0 for s in values) or any(b >= a for a, b in zip(values, values[1:])):
         raise InvalidInputError(f"sigmas must decrease strictly and lie in (0, 1]; got {values}.")
     return torch.tensor(values + [0.0], dtype=torch.float32)
+
+
+def truncate_sigmas(sigmas: torch.Tensor, denoise: float) -> torch.Tensor:
+    """Refinement (img2img-style): keep the schedule's sigmas <= `denoise` and the final 0."""
+    if not 0.0 < denoise <= 1.0:
+        raise InvalidInputError(f"denoise must lie in (0, 1] (got {denoise}).")
+    kept = sigmas[:-1][sigmas[:-1] <= denoise + 1e-6]
+    if len(kept) < 1:
+        raise InvalidInputError(
+            f"denoise {denoise} is below every noise level of the schedule (the smallest is "
+            f"{float(sigmas[:-1].min()):.4f}): no refinement step would run. Raise denoise or use more steps.")
+    return torch.cat([kept, sigmas.new_zeros(1)])
 
 
 def compute_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -235,6 +252,13 @@ def sample_ltx(
 
     sigmas = (explicit_ltx_sigmas(request.sigmas) if request.sigmas is not None
               else default_ltx_sigmas(request.steps, latent_frames * lat_h * lat_w))
+    if request.initial_latents is not None:
+        if tuple(request.initial_latents.shape) != shape:
+            raise InvalidInputError(f"initial latents have shape {list(request.initial_latents.shape)}; this request "
+                                    f"needs {list(shape)}.")
+        sigmas = truncate_sigmas(sigmas, float(request.denoise))
+        start = float(sigmas[0])
+        latents = (1.0 - start) * request.initial_latents.to(device, torch.float32) + start * latents
     coords = ltx_video_coords(1, latent_frames, lat_h, lat_w, request.frame_rate,
                               request.causal_temporal_positioning, device=device)
 
