@@ -11,15 +11,8 @@ from reelsmith.engine.models import checkpoint_io, ltx_keys
 from reelsmith.engine.models.ltx_model import load_ltx_transformer, load_ltx_vae
 from reelsmith.engine.models.ltx_variants import VAE_CONFIGS, ltx_config
 
-TINY_TRANSFORMER = dict(in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8,
-                        cross_attention_dim=32, num_layers=1, caption_channels=32)
-TINY_VAE = dict(latent_channels=8, block_out_channels=(8, 16, 32, 64, 128),
-                down_block_types=("LTXVideo095DownBlock3D",) * 4, layers_per_block=(1, 1, 1, 1, 1),
-                spatio_temporal_scaling=(True, True, True, True),
-                downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-                decoder_block_out_channels=(8, 16, 32), decoder_layers_per_block=(1, 1, 1, 1),
-                decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
-                upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=True)
+# the demo models' tiny configs: one definition for demos and tests
+from reelsmith.engine.demo_ltx import TINY_TRANSFORMER, TINY_VAE  # noqa: E402
 
 
 def _tiny_models():

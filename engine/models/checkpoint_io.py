@@ -111,6 +111,25 @@ def missing_shards(folder: pathlib.Path) -> list[str]:
     return missing
 
 
+def missing_component_files(folder: pathlib.Path, components, tokenizer_files) -> list[str]:
+    """What a diffusers pipeline folder lacks, component by component: a config and weights (with every shard
+    its index lists) for model components, a tokenizer file for `tokenizer`."""
+    missing: list[str] = []
+    for component in components:
+        target = folder / component
+        if component == "tokenizer":
+            if not any((target / f).exists() for f in tokenizer_files):
+                missing.append(f"{target}/ ({' or '.join(tokenizer_files)})")
+            continue
+        if not (target / "config.json").is_file():
+            missing.append(f"{target}/config.json")
+        if not folder_has_weights(target):
+            missing.append(f"{target}/ (weights: *.safetensors)")
+        else:
+            missing += missing_shards(target)
+    return missing
+
+
 def read_state_dict(path, transform_key: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint (file, shard index or shard folder) on the CPU, memory-mapped where possible."""
     state_dict: dict[str, torch.Tensor] = {}

@@ -113,19 +113,7 @@ def resolve_diffusers_folder(folder, label: str | None = None, upscaler=None) ->
             f"LTX-Video model '{label}' ({folder}): no model_index.json naming an LTX pipeline "
             f"({', '.join(LTX_PIPELINE_CLASSES)}); assumed layout: {LAYOUT_DIFFUSERS} folder.\n"
             f"Download it with:\n  {diffusers_download_command(folder)}")
-    missing: list[str] = []
-    for component in DIFFUSERS_COMPONENTS:
-        target = folder / component
-        if component == "tokenizer":
-            if not any((target / f).exists() for f in TOKENIZER_FILES):
-                missing.append(f"{target}/ (spiece.model or tokenizer.json)")
-            continue
-        if not (target / "config.json").is_file():
-            missing.append(f"{target}/config.json")
-        if not checkpoint_io.folder_has_weights(target):
-            missing.append(f"{target}/ (weights: *.safetensors)")
-        else:
-            missing += checkpoint_io.missing_shards(target)
+    missing = checkpoint_io.missing_component_files(folder, DIFFUSERS_COMPONENTS, TOKENIZER_FILES)
     if upscaler is not None and not pathlib.Path(upscaler).is_file():
         missing.append(_upscaler_missing(pathlib.Path(upscaler)))
     if missing:

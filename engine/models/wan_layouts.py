@@ -135,22 +135,10 @@ def resolve_release_folder(folder: pathlib.Path, label: str) -> WanModelFiles:
 
 def resolve_diffusers_folder(folder: pathlib.Path, label: str) -> WanModelFiles:
     index = json.loads((folder / "model_index.json").read_text())
-    missing: list[str] = []
-    for component in ("transformer", "vae", "text_encoder", "tokenizer", "transformer_2"):
-        entry = index.get(component)
-        if component == "transformer_2" and (entry is None or entry == [None, None]):
-            continue
-        target = folder / component
-        if component == "tokenizer":
-            if not any((target / f).exists() for f in TOKENIZER_FILES):
-                missing.append(f"{target}/ (spiece.model or tokenizer.json)")
-            continue
-        if not (target / "config.json").is_file():
-            missing.append(f"{target}/config.json")
-        if not checkpoint_io.folder_has_weights(target):
-            missing.append(f"{target}/ (weights: *.safetensors)")
-        elif target.is_dir():
-            missing += checkpoint_io.missing_shards(target)
+    components = ["transformer", "vae", "text_encoder", "tokenizer"]
+    if index.get("transformer_2") not in (None, [None, None]):
+        components.append("transformer_2")
+    missing = checkpoint_io.missing_component_files(folder, components, TOKENIZER_FILES)
     if missing:
         raise ModelFilesError(
             f"Wan model '{label}' is incomplete (assumed layout: {LAYOUT_DIFFUSERS} folder). Missing:\n  - "
