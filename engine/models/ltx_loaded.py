@@ -3,7 +3,6 @@ applied (the same options and residency rules as Wan: see wan_model.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ import torch
 from .. import host
 from ..errors import InvalidInputError, ModelFilesError
 from . import attention, compile as compile_options, offload, precision
+from .offload_rules import OffloadRules
 from .ltx_layouts import LTXModelFiles
 from .ltx_model import load_ltx_transformer, load_ltx_vae
 from .ltx_variants import LTXCheckpointFacts, LTXVariant
@@ -24,7 +24,7 @@ LTXLoadOptions = WanLoadOptions  # the same four choices: precision, attention, 
 
 
 @dataclass
-class LTXModel:
+class LTXModel(OffloadRules):
     files: LTXModelFiles
     variant: LTXVariant
     facts: LTXCheckpointFacts
@@ -71,16 +71,6 @@ class LTXModel:
             host.load_resident(self.residents)
         else:
             self.vae.to(self.device)
-
-    def stage(self, model: torch.nn.Module):
-        if self.options.offload == "model":
-            return offload.stage_on_device(model, self.options.offload, self.device)
-        return contextlib.nullcontext()
-
-    def release_after_run(self) -> None:
-        if self.options.offload != "none":
-            self.vae.to(host.offload_device())
-        host.soft_empty_cache()
 
 
 def load_ltx_model(files: LTXModelFiles, options: LTXLoadOptions, device: torch.device | None = None) -> LTXModel:

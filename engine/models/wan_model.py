@@ -7,7 +7,6 @@ before sampling, so chained or changed LoRA nodes never corrupt a cached model.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from .. import host
 from ..errors import InvalidInputError, ModelFilesError
 from . import attention, compile as compile_options, offload, precision
+from .offload_rules import OffloadRules
 from .lora import LoraStackEntry, WanLoraPatcher, entries_for_expert, load_wan_lora_cached
 from .umt5_encoder import UMT5TextEncoder, load_umt5_encoder
 from .wan_layouts import WanModelFiles
@@ -47,7 +47,7 @@ class WanExpert:
 
 
 @dataclass
-class WanModel:
+class WanModel(OffloadRules):
     files: WanModelFiles
     variant: WanVariant
     options: WanLoadOptions
@@ -116,17 +116,6 @@ class WanModel:
             host.load_resident([r for r in residents if r is not None])
         else:
             self.vae.to(self.device)
-
-    def stage(self, model: torch.nn.Module):
-        """Context manager for one expert's denoising stage (moves it in and out with offload=model)."""
-        if self.options.offload == "model":
-            return offload.stage_on_device(model, self.options.offload, self.device)
-        return contextlib.nullcontext()
-
-    def release_after_run(self) -> None:
-        if self.options.offload != "none":
-            self.vae.to(host.offload_device())
-        host.soft_empty_cache()
 
 
 def _load_expert(path, name: str, files: WanModelFiles, options: WanLoadOptions,
