@@ -37,7 +37,9 @@ TINY_TRANSFORMER = dict(
     rope_max_seq_len=1024,
 )
 TINY_VAE = {
-    "2.1": dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+    # The 2.1 VAE's real structure (channel multipliers, two residual blocks a stage) at width 4: ComfyUI's
+    # VAELoader reads only the width off a Wan 2.1 file and assumes the rest, so core VAEDecode can use it.
+    "2.1": dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                 temperal_downsample=[False, True, True]),
     # The 2.2 VAE's structure (residual down/up blocks, 2x2 patchify, 48 latent channels) at a small width.
     "2.2": dict(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,

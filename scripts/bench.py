@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark Reelsmith's Wan 2.2 transformer at real size with random weights (same FLOPs as real ones;
-nothing is downloaded): seconds per forward, achieved TFLOP/s, peak GPU memory, for each precision and
-attention/compile path asked for. Writes a JSON file and prints a markdown table naming GPU, driver,
-torch version and date.
+"""Benchmark Reelsmith's models at real size with random weights on a CUDA GPU (random weights cost the same
+FLOPs as real ones; nothing is downloaded), and ComfyUI's own model code beside them in the same process.
 
-    python scripts/bench.py --variant t2v-a14b --size 480p --precision bf16 fp8_e4m3fn_fast --compile off regional
+For each model (Wan 2.2 T2V A14B expert, TI2V-5B, LTX-Video 2B / 13B), size and precision/attention/compile
+path: seconds per transformer forward, TFLOP/s achieved and the fraction of the GPU's dense peak, peak GPU
+memory; per model family the text-encode and VAE-decode times; and a whole-clip estimate (steps x forwards per
+step + text encode + VAE decode). With `--comfyui DIR`, ComfyUI's native model for the same architecture and
+precision (`bench_peer.py`) is timed in the same run and the table gives Reelsmith's speed-up over it.
 
-This is the first slice of the benchmark (Wan transformer forward); text-encode, VAE-decode, load times and
-the ComfyUI-native peer comparison are still to come.
+    python scripts/bench.py --models t2v-a14b ltx-13b --sizes 480p 720p --paths fp8_e4m3fn_fast:auto:regional \\
+        --comfyui ~/ComfyUI --components --out bench.json --table data/benchmarks.json
+
+Output: a JSON file of rows (the schema of `data/benchmarks.json`, which the README's performance table and
+the editor's estimates read; `--table` merges the rows into it) and a markdown table on stdout. Each row names
+the GPU, driver, torch version and date.
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ import pathlib
 import subprocess
 import sys
 import time
+import traceback
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
-SIZES = {"480p": (832, 480), "720p": (1280, 720)}
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_models import DEFAULT_FRAMES, Workload  # noqa: E402
 
-
-def import_pack():
-    sys.path.insert(0, str(PACK_ROOT / "scripts"))
-    from make_demo_models import import_pack as _import
-    return _import()
+MODELS = {"t2v-a14b": ("wan", "t2v-a14b"), "i2v-a14b": ("wan", "i2v-a14b"), "ti2v-5b": ("wan", "ti2v-5b"),
+          "ltx-2b": ("ltx", "2b"), "ltx-13b": ("ltx", "13b")}
+# dense peaks (TFLOP/s) by GPU name fragment: bf16, fp8
+DENSE_PEAKS = {"H200": (989.0, 1979.0), "H100": (989.0, 1979.0), "B200": (2250.0, 4500.0)}
+# whole-clip recipe per model: (steps, forwards per step with CFG)
+CLIP_RECIPES = {"t2v-a14b": (40, 2), "i2v-a14b": (40, 2), "ti2v-5b": (50, 2), "ltx-2b": (40, 1), "ltx-13b": (30, 2)}
 
 
 def gpu_facts() -> dict:
     import torch
+
     driver = "unknown"
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -43,123 +52,251 @@ def gpu_facts() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
-def forward_flops(config: dict, tokens: int, text_tokens: int = 512) -> float:
-    """Matmul FLOPs of one forward (2 per multiply-add): attention projections, self-attention, cross-attention
-    and the FFN of every block."""
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    per_block = (
-        2 * tokens * dim * dim * 4            # self-attention q, k, v, o
-        + 2 * 2 * tokens * tokens * dim       # self-attention scores and values
-        + 2 * tokens * dim * dim * 2          # cross-attention q, o
-        + 2 * text_tokens * dim * dim * 2     # cross-attention k, v
-        + 2 * 2 * tokens * text_tokens * dim  # cross-attention scores and values
-        + 2 * tokens * dim * config["ffn_dim"] * 2
-    )
-    return per_block * config["num_layers"]
+def dense_peak(gpu: str, precision: str) -> float | None:
+    for fragment, (bf16, fp8) in DENSE_PEAKS.items():
+        if fragment in gpu:
+            return fp8 if precision.startswith("fp8") and precision.endswith("fast") else bf16
+    return None
 
 
-def build(variant, precision_name: str, attention_name: str, compile_mode: str):
+def time_call(fn, repeats: int) -> tuple[float, float, float]:
+    """-> (median seconds, first-call seconds (warm-up, compile), peak GiB during the timed calls)."""
     import torch
-    from diffusers import WanTransformer3DModel
-    from reelsmith.engine.models import attention, compile as compile_options, precision
 
-    from accelerate.utils import set_module_tensor_to_device
-    from reelsmith.engine.models.checkpoint_io import empty_weights
-
-    device = torch.device("cuda")
-    config = {k: v for k, v in variant.transformer_config_dict().items() if not k.startswith("_")}
-    with empty_weights():  # parameters on meta, rotary buffers real
-        model = WanTransformer3DModel(**config)
-    for name, parameter in list(model.named_parameters()):  # random weights straight on the GPU
-        value = torch.empty(parameter.shape, device=device, dtype=torch.bfloat16).normal_(0.0, 0.02)
-        set_module_tensor_to_device(model, name, device, value=value)
-    model.to(device)
-    model.eval().requires_grad_(False)
-    notes = precision.apply_precision(model, precision_name, device)
-    backend = attention.resolve_attention_backend(attention_name, device)
-    attention.apply_attention_backend(model, backend)
-    compile_options.apply_compile(model, compile_mode)
-    return model, config, notes, backend
-
-
-def time_forward(model, width: int, height: int, frames: int, repeats: int) -> tuple[float, float]:
-    import torch
-    device = torch.device("cuda")
-    channels = model.config.in_channels
-    latents = torch.randn(1, channels, (frames - 1) // 4 + 1, height // 8, width // 8, device=device,
-                          dtype=torch.bfloat16)
-    text = torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16)
-    timestep = torch.tensor([500.0], device=device)
-
-    def forward():
-        with torch.no_grad():
-            return model(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
-
-    started = time.perf_counter()
-    forward()  # warm-up (and compile)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - started
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
+    with torch.no_grad():
         started = time.perf_counter()
-        forward()
+        fn()
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2], first
+        first = time.perf_counter() - started
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2], first, torch.cuda.max_memory_allocated() / 2**30
+
+
+def free_gpu() -> None:
+    import torch
+
+    torch._dynamo.reset()  # compiled blocks keep their model alive through dynamo's caches
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def parse_path(text: str) -> tuple[str, str, str]:
+    """`precision[:attention[:compile]]` -> the three loader options (attention `auto`, compile `off` when left
+    out)."""
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected precision[:attention[:compile]]")
+    defaults = ["auto", "off"]
+    return tuple(parts + defaults[len(parts) - 1:])
+
+
+def forward_row(facts, name, workload, implementation, precision, attention, compile_mode, seconds, first, peak,
+                notes="") -> dict:
+    tflops = workload.forward_flops() / seconds / 1e12
+    peak_tflops = dense_peak(facts["gpu"], precision)
+    return dict(facts, model_family=workload.family, variant=name, size=workload.size, frames=workload.frames,
+                implementation=implementation, precision=precision, attention=attention, compile=compile_mode,
+                seconds_per_forward=round(seconds, 3), first_call_s=round(first, 1), tflops=round(tflops, 1),
+                fraction_of_peak=round(tflops / peak_tflops, 3) if peak_tflops else None,
+                peak_gib=round(peak, 2), tokens=workload.tokens(),
+                attention_flop_share=round(workload.attention_share(), 3), notes=notes)
+
+
+def run_forwards(args, facts, device) -> list[dict]:
+    import torch
+
+    from bench_models import build_ours, ours_forward
+
+    rows = []
+    for name in args.models:
+        family, variant = MODELS[name]
+        for precision, attention_name, compile_mode in args.paths:
+            try:
+                model, notes, backend = build_ours(Workload(family, variant, args.sizes[0], 1), precision,
+                                                   attention_name, compile_mode, device)
+            except Exception as error:  # one path failing must not lose the others' numbers
+                print(f"# {name} {precision}/{attention_name}/{compile_mode}: build failed: {error}", flush=True)
+                continue
+            for size in args.sizes:
+                workload = Workload(family, variant, size, args.frames or DEFAULT_FRAMES[family])
+                try:
+                    seconds, first, peak = time_call(ours_forward(model, workload, device), args.repeats)
+                except Exception as error:
+                    print(f"# {name} {size} {precision}: forward failed: {error}", flush=True)
+                    traceback.print_exc()
+                    continue
+                rows.append(forward_row(facts, name, workload, "reelsmith", precision, backend, compile_mode,
+                                        seconds, first, peak, "; ".join(notes) if isinstance(notes, list) else notes))
+                print(json.dumps(rows[-1]), flush=True)
+            del model
+            free_gpu()
+        if args.comfyui:
+            rows += run_peer(args, facts, device, name, family, variant)
+    return rows
+
+
+def run_peer(args, facts, device, name, family, variant) -> list[dict]:
+    from bench_peer import PEER_PRECISIONS, build_peer, import_comfy
+
+    ops_module = import_comfy(str(args.comfyui))
+    rows = []
+    for precision in [p for p in args.peer_precisions if p in PEER_PRECISIONS]:
+        for size in args.sizes:
+            workload = Workload(family, variant, size, args.frames or DEFAULT_FRAMES[family])
+            try:
+                seconds, first, peak = time_call(build_peer(ops_module, workload, precision, device), args.repeats)
+            except Exception as error:
+                print(f"# ComfyUI native {name} {size} {precision}: failed: {error}", flush=True)
+                traceback.print_exc()
+                free_gpu()
+                continue
+            rows.append(forward_row(facts, name, workload, "comfyui-native", precision, "sdpa", "off",
+                                    seconds, first, peak))
+            print(json.dumps(rows[-1]), flush=True)
+            free_gpu()
+    return rows
+
+
+def run_components(args, facts, device) -> list[dict]:
+    """Text encode (prompt + negative) and VAE decode per model family and size."""
+    from bench_models import build_text_encoder, build_vae_decode
+
+    rows = []
+    families = {MODELS[name][0]: name for name in args.models}
+    for family in families:
+        try:
+            seconds, _, peak = time_call(build_text_encoder(family, device), args.repeats)
+            rows.append(dict(facts, model_family=family, component="text_encode", seconds=round(seconds, 3),
+                             peak_gib=round(peak, 2)))
+            print(json.dumps(rows[-1]), flush=True)
+        except Exception as error:
+            print(f"# {family} text encode failed: {error}", flush=True)
+        free_gpu()
+    for name in args.models:
+        family, variant = MODELS[name]
+        if variant == "i2v-a14b" or (family == "ltx" and variant == "13b" and "ltx-2b" in args.models):
+            continue  # same VAE as another model in this run
+        for size in args.sizes:
+            workload = Workload(family, variant, size, args.frames or DEFAULT_FRAMES[family])
+            try:
+                seconds, _, peak = time_call(build_vae_decode(workload, device), max(1, args.repeats - 1))
+                rows.append(dict(facts, model_family=family, variant=name, size=size, frames=workload.frames,
+                                 component="vae_decode", seconds=round(seconds, 3), peak_gib=round(peak, 2)))
+                print(json.dumps(rows[-1]), flush=True)
+            except Exception as error:
+                print(f"# {name} {size} VAE decode failed: {error}", flush=True)
+            free_gpu()
+    return rows
+
+
+def clip_estimates(rows: list[dict]) -> list[dict]:
+    """Whole clip = steps x forwards per step x the fastest Reelsmith forward + text encode + VAE decode."""
+    out = []
+    forwards = [r for r in rows if r.get("implementation") == "reelsmith"]
+    for name, (steps, per_step) in CLIP_RECIPES.items():
+        for size in sorted({r["size"] for r in forwards if r["variant"] == name}):
+            best = min((r for r in forwards if r["variant"] == name and r["size"] == size),
+                       key=lambda r: r["seconds_per_forward"])
+            text = next((r["seconds"] for r in rows if r.get("component") == "text_encode"
+                         and r["model_family"] == best["model_family"]), None)
+            decode = next((r["seconds"] for r in rows if r.get("component") == "vae_decode"
+                           and r["model_family"] == best["model_family"] and r["size"] == size
+                           and (r["variant"] == name or best["model_family"] == "ltx")), None)
+            total = steps * per_step * best["seconds_per_forward"] + (text or 0) + (decode or 0)
+            out.append(dict(variant=name, size=size, steps=steps, forwards_per_step=per_step,
+                            path=f"{best['precision']}/{best['attention']}/{best['compile']}",
+                            text_encode_s=text, vae_decode_s=decode, estimate_s=round(total, 1)))
+    return out
+
+
+def markdown(rows: list[dict], clips: list[dict], facts: dict) -> str:
+    lines = [f"{facts['gpu']}, driver {facts['driver']}, torch {facts['torch']}, {facts['date']}", "",
+             "| model | size | implementation | precision | attention | compile | s/forward | TFLOP/s | "
+             "of peak | peak GiB | vs native fp8_fast |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    forwards = [r for r in rows if "seconds_per_forward" in r]
+    for r in forwards:
+        native = next((p["seconds_per_forward"] for p in forwards if p["implementation"] == "comfyui-native"
+                       and p["precision"] == "fp8_e4m3fn_fast" and p["variant"] == r["variant"]
+                       and p["size"] == r["size"]), None)
+        ratio = f"{native / r['seconds_per_forward']:.2f}x" if native else "-"
+        lines.append(f"| {r['variant']} | {r['size']} | {r['implementation']} | {r['precision']} | {r['attention']} | "
+                     f"{r['compile']} | {r['seconds_per_forward']} | {r['tflops']} | {r['fraction_of_peak']} | "
+                     f"{r['peak_gib']} | {ratio} |")
+    components = [r for r in rows if "component" in r]
+    if components:
+        lines += ["", "| component | family / model | size | seconds | peak GiB |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['component']} | {r.get('variant', r['model_family'])} | {r.get('size', '-')} | "
+                  f"{r['seconds']} | {r['peak_gib']} |" for r in components]
+    if clips:
+        lines += ["", "| whole clip (estimate) | size | steps x forwards | path | text s | decode s | total s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['variant']} | {c['size']} | {c['steps']} x {c['forwards_per_step']} | {c['path']} | "
+                  f"{c['text_encode_s']} | {c['vae_decode_s']} | {c['estimate_s']} |" for c in clips]
+    return "\n".join(lines)
+
+
+def merge_into_table(table: pathlib.Path, rows: list[dict]) -> None:
+    """Replace the table's rows measured on the same GPU for the same thing, append the rest."""
+    def key(r):
+        return tuple(r.get(k) for k in ("gpu", "model_family", "variant", "size", "frames", "implementation",
+                                        "precision", "attention", "compile", "component"))
+
+    existing = json.loads(table.read_text()) if table.is_file() else []
+    if isinstance(existing, dict):  # a table with a header object keeps it
+        existing_rows = existing.get("rows", [])
+    else:
+        existing_rows = existing
+    fresh = {key(r) for r in rows}
+    merged = [r for r in existing_rows if key(r) not in fresh] + rows
+    if isinstance(existing, dict):
+        existing["rows"] = merged
+        table.write_text(json.dumps(existing, indent=2) + "\n")
+    else:
+        table.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="t2v-a14b", choices=["t2v-a14b", "i2v-a14b", "ti2v-5b"])
-    parser.add_argument("--size", nargs="+", default=["480p"], choices=list(SIZES))
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--precision", nargs="+", default=["bf16", "fp8_e4m3fn_fast"])
-    parser.add_argument("--attention", default="auto")
-    parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "regional"])
+    parser.add_argument("--models", nargs="+", default=["t2v-a14b"], choices=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", default=["480p", "720p"], choices=["480p", "720p"])
+    parser.add_argument("--frames", type=int, default=None, help="video frames (default: Wan 81, LTX 97)")
+    parser.add_argument("--paths", nargs="+", type=parse_path, default=[("fp8_e4m3fn_fast", "auto", "regional")],
+                        help="Reelsmith loader paths as precision[:attention[:compile]]")
+    parser.add_argument("--comfyui", type=pathlib.Path, help="a ComfyUI checkout: also time its native models")
+    parser.add_argument("--peer-precisions", nargs="+", default=["fp8_e4m3fn_fast"])
+    parser.add_argument("--components", action="store_true", help="also time text encode and VAE decode")
+    parser.add_argument("--no-forward", action="store_true", help="components only")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench_wan.json"))
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench.json"))
+    parser.add_argument("--table", type=pathlib.Path, help="merge the rows into this data file")
     args = parser.parse_args(argv)
 
     import torch
+
     if not torch.cuda.is_available():
         print("bench.py needs a CUDA GPU.", file=sys.stderr)
         return 2
-    import_pack()
-    from reelsmith.engine.models.wan_variants import WAN_VARIANTS
+    from pack_import import import_engine_only
 
-    variant = WAN_VARIANTS[args.variant]
+    import_engine_only()
+    device = torch.device("cuda")
     facts = gpu_facts()
-    rows = []
-    for precision_name in args.precision:
-        for compile_mode in args.compile:
-            model, config, notes, backend = build(variant, precision_name, args.attention, compile_mode)
-            weights_gib = torch.cuda.memory_allocated() / 2**30
-            for size in args.size:
-                width, height = SIZES[size]
-                seconds, first = time_forward(model, width, height, args.frames, args.repeats)
-                tokens = ((args.frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-                tflops = forward_flops(config, tokens) / seconds / 1e12
-                rows.append(dict(facts, variant=args.variant, size=size, frames=args.frames, precision=precision_name,
-                                 attention=backend, compile=compile_mode, seconds_per_forward=round(seconds, 3),
-                                 first_call_s=round(first, 1), tflops=round(tflops, 1),
-                                 fraction_of_peak=round(tflops / args.peak_tflops, 3),
-                                 weights_gib=round(weights_gib, 2),
-                                 peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), notes=notes))
-                print(json.dumps(rows[-1]), flush=True)
-            del model
-            torch._dynamo.reset()  # compiled blocks keep the model alive through dynamo's caches
-            gc.collect()
-            torch.cuda.empty_cache()
-    args.out.write_text(json.dumps(rows, indent=2))
-    print(f"\n{facts['gpu']}, driver {facts['driver']}, torch {facts['torch']}, {facts['date']}\n")
-    print("| variant | size | precision | attention | compile | s/forward | TFLOP/s | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['variant']} | {r['size']} | {r['precision']} | {r['attention']} | {r['compile']} | "
-              f"{r['seconds_per_forward']} | {r['tflops']} | {r['peak_gib']} |")
+    rows = [] if args.no_forward else run_forwards(args, facts, device)
+    if args.components:
+        rows += run_components(args, facts, device)
+    clips = clip_estimates(rows)
+    args.out.write_text(json.dumps({"rows": rows, "clip_estimates": clips}, indent=2))
+    if args.table:
+        merge_into_table(args.table, rows)
+    print("\n" + markdown(rows, clips, facts))
     return 0
 
 

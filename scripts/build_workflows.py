@@ -66,7 +66,7 @@ def object_info_of(node_class) -> dict:
 def combined_object_info() -> dict:
     """Core ComfyUI 0.8.0 nodes (reference snapshot) plus the pack's own definitions."""
     sys.path.insert(0, str(PACK_ROOT / "scripts"))
-    from make_demo_models import import_pack
+    from pack_import import import_pack
     pack = import_pack()
     info = json.loads(REFERENCE_OBJECT_INFO.read_text())
     info.update({name: object_info_of(cls) for name, cls in pack.NODE_CLASS_MAPPINGS.items()})

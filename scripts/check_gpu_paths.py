@@ -25,12 +25,10 @@ PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _import_engine():
-    """Register the pack root as the package `reelsmith` without running its `__init__` (that builds the
-    ComfyUI node layer, which this engine-only check does not need)."""
-    if "reelsmith" not in sys.modules:
-        package = types.ModuleType("reelsmith")
-        package.__path__ = [str(PACK_ROOT)]
-        sys.modules["reelsmith"] = package
+    sys.path.insert(0, str(PACK_ROOT / "scripts"))
+    from pack_import import import_engine_only
+
+    import_engine_only()
     from reelsmith.engine.models import attention, compile as compile_mod, offload, precision
 
     return attention, compile_mod, offload, precision

@@ -8,23 +8,11 @@ models folder structure (in `reelsmith-demo/` subfolders), so any shipped workfl
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def import_pack():
-    """Import the pack as the package `reelsmith` (the repository root is the package, as in ComfyUI)."""
-    if "reelsmith" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "reelsmith", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["reelsmith"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["reelsmith"]
+from pack_import import import_pack  # scripts/ is on sys.path when a script runs
 
 
 def main(argv=None) -> int:

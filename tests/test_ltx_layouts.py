@@ -52,8 +52,8 @@ def _every_layout(root) -> list[ltx_layouts.LTXModelFiles]:
 
 def _transformer_out(model):
     generator = torch.Generator().manual_seed(1)
-    hidden = torch.randn(1, 2 * 4 * 4, 8, generator=generator)
-    text = torch.randn(1, 6, 32, generator=generator)
+    hidden = torch.randn(1, 2 * 4 * 4, demo_ltx.LATENT_CHANNELS, generator=generator)
+    text = torch.randn(1, 6, demo_ltx.TEXT_DIM, generator=generator)
     with torch.no_grad():
         return model(hidden_states=hidden, encoder_hidden_states=text, timestep=torch.tensor([500]),
                      encoder_attention_mask=torch.ones(1, 6), num_frames=2, height=4, width=4, return_dict=False)[0]
@@ -75,7 +75,7 @@ def test_transformer_and_vae_identical_in_every_layout(demo):
     root, _ = demo
     reference = demo_ltx.TinyLTXSet(seed=100)
     expected = _transformer_out(reference.transformer)
-    latents = torch.randn(1, 8, 2, 2, 2, generator=torch.Generator().manual_seed(2))
+    latents = torch.randn(1, demo_ltx.LATENT_CHANNELS, 2, 2, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected_video = reference.vae.decode(latents, torch.tensor([0.05]), return_dict=False)[0]
     facts, outputs, videos = [], [], []
@@ -91,9 +91,9 @@ def test_transformer_and_vae_identical_in_every_layout(demo):
         # the same weights in every layout (state dicts are equal); tensors' memory layout differs between a
         # diffusers folder and a converted vendor file, which changes CPU float summation order (differences ~1e-6)
         torch.testing.assert_close(output, outputs[0])
-        torch.testing.assert_close(video, videos[0])
+        torch.testing.assert_close(video, videos[0], rtol=1e-4, atol=2e-4)  # 128-wide convs: more terms summed
     torch.testing.assert_close(outputs[0], expected)
-    torch.testing.assert_close(videos[0], expected_video)
+    torch.testing.assert_close(videos[0], expected_video, rtol=1e-4, atol=2e-4)
 
 
 def test_text_encoder_identical_in_every_layout(demo):
@@ -104,13 +104,13 @@ def test_text_encoder_identical_in_every_layout(demo):
                                              dtype=torch.float32)
         outputs.append(encoder.encode(PROMPTS, CPU))
     embeds, mask = outputs[0]
-    assert embeds.shape == (3, 128, 32) and embeds.dtype == torch.float32 and mask.shape == (3, 128)
+    assert embeds.shape == (3, 128, demo_ltx.TEXT_DIM) and embeds.dtype == torch.float32 and mask.shape == (3, 128)
     assert mask[2].sum() == 1 and mask[0].sum() > mask[1].sum() > 1  # "" still gets </s>, as LTXPipeline's T5
     assert torch.all(mask[:, :-1] >= mask[:, 1:])  # padding only at the end
     for other_embeds, other_mask in outputs[1:]:
         assert torch.equal(other_embeds, embeds) and torch.equal(other_mask, mask)
     short, short_mask = encoder.encode(PROMPTS[:1], CPU, max_tokens=16)
-    assert short.shape == (1, 16, 32) and short_mask.shape == (1, 16)
+    assert short.shape == (1, 16, demo_ltx.TEXT_DIM) and short_mask.shape == (1, 16)
 
 
 def test_fp8_scaled_t5_is_dequantized(demo):
@@ -125,7 +125,7 @@ def test_fp8_scaled_t5_is_dequantized(demo):
     fp16 = t5_encoder.load_t5_encoder(p["t5"], "comfyui", tokenizer, dtype=torch.float32).encode(PROMPTS, CPU)[0]
     fp8 = t5_encoder.load_t5_encoder(p["t5_fp8"], "comfyui", tokenizer, dtype=torch.float32).encode(PROMPTS, CPU)[0]
     error = (fp8 - fp16).norm() / fp16.norm()
-    assert error < 0.15  # fp8 rounding only
+    assert error < 0.25  # fp8 rounding only (4096-wide layers; ignoring the scales gives ~1)
     # read as plain weights (scales ignored) the encoder would be far off: the dequantization is what matters
     naive = {k: v for k, v in raw.items() if not k.endswith(".scale_weight")}
     naive_weights = convert_umt5_comfyui_to_transformers(naive, dtype=torch.float32)
@@ -172,7 +172,7 @@ def test_missing_tokenizer_outside_comfyui_is_a_clear_error(tmp_path, demo, monk
     monkeypatch.setattr(host, "comfyui_t5_tokenizer_dir",
                         lambda: root / "text_encoders" / "reelsmith-demo" / ltx_layouts.SIDE_TOKENIZER_DIR)
     encoder = t5_encoder.load_t5_encoder(lone, "comfyui", None, dtype=torch.float32)
-    assert encoder.encode(["cat"], CPU)[0].shape == (1, 128, 32)
+    assert encoder.encode(["cat"], CPU)[0].shape == (1, 128, demo_ltx.TEXT_DIM)
 
 
 @pytest.mark.skipif(not COMFYUI_T5_TOKENIZER.is_dir(), reason="no ComfyUI checkout with its T5 tokenizer")
@@ -230,12 +230,12 @@ def test_upscaler_file_is_the_vendor_layout(demo):
     root, _ = demo
     path = _paths(root)["upscaler"]
     config = json.loads(checkpoint_io.read_metadata(path)["config"])  # what ComfyUI's loader reads
-    assert config["in_channels"] == 8 and config["dims"] == 3
+    assert config["in_channels"] == demo_ltx.LATENT_CHANNELS and config["dims"] == 3
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     model = LTXLatentUpsamplerModel(**checkpoint_io.read_config_hint(path))
     state_dict = ltx_keys.convert_upscaler_state_dict(load_file(str(path)), str(path))
     checkpoint_io.load_into_meta_model(model, state_dict, str(path), "vendor upscaler")
     reference = demo_ltx.TinyLTXSet(seed=100).upscaler
-    latents = torch.randn(1, 8, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    latents = torch.randn(1, demo_ltx.LATENT_CHANNELS, 2, 4, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(model(latents), reference(latents), rtol=0, atol=0)

@@ -13,11 +13,11 @@ from reelsmith.engine.pipelines.ltx_inputs import pack_latents, unpack_latents
 from reelsmith.engine.pipelines.ltx_sampler import (LTXCondition, LTXSampleRequest, decode_ltx_latents,
                                                     default_ltx_sigmas, encode_ltx_pixels, sample_ltx)
 from reelsmith.engine.pipelines.ltx_validation import check_ltx_size, nearest_ltx_frame_counts
-from test_ltx_model import TINY_TRANSFORMER, TINY_VAE
+from test_ltx_model import LATENT_CHANNELS, TEXT_DIM, TINY_TRANSFORMER, TINY_VAE
 
 CPU = torch.device("cpu")
 WIDTH, HEIGHT, FRAMES = 64, 64, 17           # latents 3 x 2 x 2 (12 tokens)
-LATENT_SHAPE = (1, 8, 3, 2, 2)
+LATENT_SHAPE = (1, LATENT_CHANNELS, 3, 2, 2)
 # Lightricks/LTX-Video scheduler/scheduler_config.json
 VENDOR_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95,
                         max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
@@ -39,7 +39,7 @@ def models():
 
 def _text(seed, length=6):
     generator = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(1, length, 32, generator=generator)
+    embeds = torch.randn(1, length, TEXT_DIM, generator=generator)
     mask = torch.ones(1, length)
     mask[:, -2:] = 0  # padding, as T5 output carries
     return embeds, mask
@@ -174,7 +174,7 @@ def test_appended_keyframe_has_its_own_tokens_and_positions(models, causal):
     assert not torch.allclose(result.latents, plain)
     assert len(seen) == 8
     for inputs in seen:  # 12 video tokens + 4 guide tokens: the guide is the keyframe, at timestep 0
-        assert inputs["hidden_states"].shape == (1, 16, 8)
+        assert inputs["hidden_states"].shape == (1, 16, LATENT_CHANNELS)
         torch.testing.assert_close(inputs["hidden_states"][0, 12:], encoded)
         assert torch.all(inputs["timestep"][0, 12:] == 0) and torch.all(inputs["timestep"][0, :12] > 0)
         times = inputs["video_coords"][0, 0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
+from diffusers.models.autoencoders.autoencoder_kl_ltx import LTXVideoCausalConv3d
 
 from ..errors import ModelFilesError
 from . import checkpoint_io, ltx_keys
@@ -69,7 +70,7 @@ def load_ltx_transformer(path, layout: str, label: str | None = None) -> LoadedL
             raise ModelFilesError(f"{source}: no transformer tensors in this file (assumed layout: {layout}).")
         state_dict = (original if ltx_keys.is_diffusers_transformer_naming(original)
                       else ltx_keys.convert_transformer_state_dict(original, source))
-        facts = ltx_checkpoint_facts(checkpoint_io.read_metadata(path))
+        facts = ltx_checkpoint_facts(checkpoint_io.read_metadata(path), source)
         config = None
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     variant = detect_ltx_variant(shapes, source, tiny_ok=True)
@@ -79,6 +80,14 @@ def load_ltx_transformer(path, layout: str, label: str | None = None) -> LoadedL
         model = LTXVideoTransformer3DModel(**_constructor_args(LTXVideoTransformer3DModel, config))
     checkpoint_io.load_into_meta_model(model, state_dict, source, f"{layout} {variant.display_name}")
     return LoadedLTXTransformer(model.eval().requires_grad_(False), variant, facts, source)
+
+
+def set_spatial_padding_mode(vae: AutoencoderKLLTXVideo, mode: str) -> None:
+    """Pad every VAE convolution spatially with `mode`, as the vendor's config asks (diffusers builds them
+    all with zeros). torch's Conv3d reads `padding_mode` at each call, so setting it after loading is exact."""
+    for module in vae.modules():
+        if isinstance(module, LTXVideoCausalConv3d):
+            module.conv.padding_mode = mode
 
 
 def load_ltx_vae(path, layout: str, dtype: torch.dtype = torch.float32) -> tuple[AutoencoderKLLTXVideo, str | None]:
@@ -95,9 +104,12 @@ def load_ltx_vae(path, layout: str, dtype: torch.dtype = torch.float32) -> tuple
             raise ModelFilesError(
                 f"{path}: no VAE tensors (keys under 'vae.') in this file (assumed layout: {layout}). Use the "
                 "vendor's full ltxv-*.safetensors checkpoint, or a diffusers folder with a vae/ component.")
+        padding = ltx_checkpoint_facts(checkpoint_io.read_metadata(path), str(path)).vae_spatial_padding_mode
         state_dict, version = ltx_keys.convert_vae_state_dict(original, str(path))
         config = _component_config(path, "vae", ltx_config(VAE_CONFIGS[version]))
     with checkpoint_io.empty_weights():
         vae = AutoencoderKLLTXVideo(**_constructor_args(AutoencoderKLLTXVideo, config))
     checkpoint_io.load_into_meta_model(vae, state_dict, str(path), f"{layout} LTX-Video {version or ''} VAE", dtype=dtype)
+    if version is not None:  # a vendor file: its metadata chooses the padding (diffusers folders: zeros)
+        set_spatial_padding_mode(vae, padding)
     return vae.eval().requires_grad_(False), version

@@ -22,7 +22,11 @@ reports quote them); dev files leave it out or null. So a loader should:
 Not checked on a downloaded vendor file (no network here): the exact schedule values of each release.
 
 The same metadata's `transformer` section holds `causal_temporal_positioning` (what ComfyUI applies too):
-see engine/pipelines/ltx_inputs.py for what it changes.
+see engine/pipelines/ltx_inputs.py for what it changes. Its `vae` section may set `spatial_padding_mode`
+for every convolution of the VAE; the vendor's `CausalVideoAutoencoder.from_config` (LTX-Video,
+causal_video_autoencoder.py) pads with zeros when the key is absent, and so do diffusers' folders
+(`vae_spatial_padding_mode`). ComfyUI 0.8 follows the key too but defaults its decoder to `reflect` when the
+key is absent: for such files ComfyUI's decode differs from the vendor's at the borders; ours follows the vendor.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ CONFIG_DIR = pathlib.Path(__file__).parent / "configs" / "ltx"
 VAE_CONFIGS = {"0.9.0": "vae_0.9.0.json", "0.9.1": "vae_0.9.1.json", "0.9.5": "vae_0.9.5.json"}
 TEXT_ENCODER_CONFIG = "t5_xxl_encoder.json"
 UPSCALER_CONFIG = "spatial_upscaler.json"
+SPATIAL_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")  # torch Conv3d padding modes
 
 
 def ltx_config(file_name: str) -> dict:
@@ -118,9 +123,10 @@ class LTXCheckpointFacts:
     allowed_inference_steps: tuple[float, ...] | None
     causal_temporal_positioning: bool | None
     vendor_config: dict | None
+    vae_spatial_padding_mode: str = "zeros"
 
 
-def ltx_checkpoint_facts(metadata: dict | None) -> LTXCheckpointFacts:
+def ltx_checkpoint_facts(metadata: dict | None, source: str = "this file") -> LTXCheckpointFacts:
     """Read the vendor's `config` metadata (see the module docstring). `distilled` is None when the file
     carries no vendor config: then the caller must choose."""
     raw = (metadata or {}).get("config")
@@ -129,13 +135,19 @@ def ltx_checkpoint_facts(metadata: dict | None) -> LTXCheckpointFacts:
     try:
         config = json.loads(raw)
     except ValueError as error:
-        raise ModelFilesError(f"the file's 'config' metadata is not valid JSON ({error}).") from error
+        raise ModelFilesError(f"{source}: its 'config' metadata is not valid JSON ({error}).") from error
     steps = config.get("allowed_inference_steps")
     transformer = config.get("transformer") or {}
     causal = transformer.get("causal_temporal_positioning")
+    padding = (config.get("vae") or {}).get("spatial_padding_mode", "zeros")
+    if padding not in SPATIAL_PADDING_MODES:
+        raise ModelFilesError(f"{source}: its vae config asks for spatial_padding_mode {padding!r}; LTX-Video VAEs "
+                              f"pad with one of {', '.join(SPATIAL_PADDING_MODES)}. The file's metadata is damaged "
+                              "or not from an LTX-Video 0.9.x release.")
     return LTXCheckpointFacts(
         distilled=steps is not None,
         allowed_inference_steps=tuple(float(s) for s in steps) if steps is not None else None,
         causal_temporal_positioning=bool(causal) if causal is not None else None,
         vendor_config=config,
+        vae_spatial_padding_mode=padding,
     )

@@ -208,3 +208,32 @@ def test_vae_matches_comfyui_native(version):
         theirs = decoder(latents, timestep=timestep) if timestep_conditioning else decoder(latents)
     assert mine.shape == theirs.shape == (1, 3, 9, 64, 96)
     torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_demo_checkpoint_decodes_like_comfyui(tmp_path, padding):
+    """The demo's vendor checkpoint goes through ComfyUI's own CheckpointLoaderSimple path (VAE built from the
+    file's `vae` metadata, statistics un-normalised by its per_channel_statistics) and through Reelsmith's
+    loader; the timestep-conditioned decoder gives the same frames for the same normalized LATENT, with the
+    file's spatial padding mode honoured on both sides. (ComfyUI's VAE.decode also mixes in unseeded noise:
+    its decoder is called here without it, and our decode with noise scale 0.)"""
+    import comfy.sd
+    import comfy.utils
+
+    from reelsmith.engine.demo_ltx import LATENT_CHANNELS, TinyLTXSet
+    from reelsmith.engine.models.ltx_model import load_ltx_vae
+    from reelsmith.engine.pipelines.ltx_sampler import decode_ltx_latents
+
+    path = TinyLTXSet(seed=5).write_vendor_file(tmp_path / "ltxv-demo.safetensors", distilled=True,
+                                                spatial_padding_mode=padding)
+    state_dict, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
+    native = comfy.sd.load_state_dict_guess_config(state_dict, output_vae=True, output_clip=False,
+                                                   metadata=metadata)[2].first_stage_model
+    ours, _ = load_ltx_vae(path, "vendor single file")
+    latents = torch.randn(1, LATENT_CHANNELS, 2, 3, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mine = decode_ltx_latents(ours, latents, torch.device("cpu"), decode_timestep=0.05, decode_noise_scale=0.0)
+        theirs = native.decoder(native.per_channel_statistics.un_normalize(latents), timestep=torch.tensor([0.05]))
+    theirs = ((theirs[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)
+    assert mine.shape == theirs.shape == (9, 96, 128, 3)
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
