@@ -77,12 +77,13 @@ class Workload:
 
 
 def randomise_on_gpu(model: torch.nn.Module, device: torch.device, dtype=torch.bfloat16) -> torch.nn.Module:
-    """Fill a meta-initialised model's parameters with N(0, 0.02) values created on the GPU (no CPU copy)."""
+    """Fill a meta-initialised model's parameters with N(0, 0.02) values created on the GPU (no CPU copy), in
+    `dtype` (accelerate would otherwise cast them to the meta tensors' float32)."""
     from accelerate.utils import set_module_tensor_to_device
 
     for name, parameter in list(model.named_parameters()):
         value = torch.empty(parameter.shape, device=device, dtype=dtype).normal_(0.0, 0.02)
-        set_module_tensor_to_device(model, name, device, value=value)
+        set_module_tensor_to_device(model, name, device, value=value, dtype=dtype)
     return model.to(device).eval().requires_grad_(False)
 
 
