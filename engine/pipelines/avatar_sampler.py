@@ -15,8 +15,17 @@ audio_dataset.py`, `pipeline_hunyuan_video_audio.py`, `hymm_sp/modules/models_au
 With guidance on, the vendor runs both branches as one batch of two (uncond first); `batch_guidance=False` runs
 them one after the other (less memory, same result).
 
+Latent scale: the vendor encodes the reference video with `vae.encode(...).latent_dist.sample()` (a sample, not
+the mode) and multiplies by the VAE config's `scaling_factor` (HunyuanVideo's VAE has no shift factor; 0.476986,
+also diffusers' AutoencoderKLHunyuanVideo default); the final latents are divided by it before decoding. The
+result here stays in the scaled space, like the reference latents given.
+
 Ours: the noise comes from a CPU generator seeded with `seed` (reproducible on any device; the vendor draws it on
-the GPU, so its numbers differ), float32, shape [1, 16, L, h, w] for the plan's L latent frames.
+the GPU, so its numbers differ), float32, shape [1, 16, L, h, w] for the plan's L latent frames. The vendor's
+pipeline also caches, whatever `--use-deepcache` says: on 20 of the 50 steps (16-19, 21-24, 26-29, 31-34, 36-39)
+its transformer skips every block but the last single-stream one and reuses that block's input from the last
+full step, per latent frame. That is a transformer-side shortcut this loop does not take: every step calls
+`denoise` in full.
 """
 
 from __future__ import annotations
