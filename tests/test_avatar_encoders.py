@@ -55,7 +55,8 @@ def _clip_tokenizer():
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", unk_token="[UNK]")
 
@@ -76,8 +77,9 @@ def llava():
                        pad_token_id=tokenizer.pad_token_id)
     vision = dict(model_type="clip_vision_model", hidden_size=8, intermediate_size=16, num_hidden_layers=2,
                   num_attention_heads=2, image_size=28, patch_size=14)
-    config = LlavaConfig(text_config=text, vision_config=vision, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(text_config=text, vision_config=vision, image_token_id=image_token, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
     return LlavaTextEncoder(model=_randomise(LlavaForConditionalGeneration(config)), tokenizer=tokenizer)
 
 
@@ -218,8 +220,8 @@ def test_encoders_load_from_the_vendor_layout(tmp_path, llava, clip):
     torch.testing.assert_close(encode_llava(loaded_llava, PROMPT, values, text_tokens=TEXT_TOKENS).states,
                                encode_llava(llava, PROMPT, values, text_tokens=TEXT_TOKENS).states)
     loaded_clip = load_clip_text_encoder(files.clip, dtype=torch.float32)
-    torch.testing.assert_close(encode_clip_pooled(loaded_clip, PROMPT),
-                               encode_clip_pooled(ClipTextEncoder(model=clip[0].text_model, tokenizer=clip[1]), PROMPT))
+    in_memory = ClipTextEncoder(model=clip[0].text_model, tokenizer=clip[1])
+    torch.testing.assert_close(encode_clip_pooled(loaded_clip, PROMPT), encode_clip_pooled(in_memory, PROMPT))
     audio = load_whisper_encoder(files.whisper)
     assert audio.feature_extractor.feature_size == 80 and audio.feature_extractor.n_samples == 480000
     mel = torch.randn(1, 80, 3000)
@@ -240,7 +242,8 @@ def test_missing_files_are_named_with_their_download_command(tmp_path, llava, cl
         check_avatar_encoder_files(avatar_encoder_files(root))
     message = str(caught.value)
     assert f"{llava_dir / shard}" in message
-    assert f"hf download tencent/HunyuanVideo-Avatar --include 'ckpts/llava_llama_image/*' --local-dir {root}" in message
+    command = f"hf download tencent/HunyuanVideo-Avatar --include 'ckpts/llava_llama_image/*' --local-dir {root}"
+    assert command in message
     assert "text_encoder_2/ (tokenizer" in message and "'ckpts/text_encoder_2/*'" in message
     assert "'ckpts/det_align/detface.pt'" in message and "face MASK" in message
     assert "whisper-tiny" not in message.split("Missing:")[1]

@@ -4,7 +4,6 @@ detector, and the errors for no face, an empty MASK and a missing or broken dete
 
 from typing import List
 
-import numpy as np
 import pytest
 import torch
 

@@ -176,8 +176,9 @@ def test_six_steps_match_the_vendor_loop_restated():
     expected = _vendor_loop(start, sigmas, velocity_of)
     latents = start.clone()
     for step in range(6):
-        starts = window_starts(plan, step)
-        prediction = windowed_prediction(latents, torch.zeros(1, plan.audio_frames, 1), plan, step,
-                                         lambda x, a, w, n: velocity_of(x.double(), starts[w]).float())
+        def predict(x, audio, window, windows, starts=window_starts(plan, step)):
+            return velocity_of(x.double(), starts[window]).float()
+
+        prediction = windowed_prediction(latents, torch.zeros(1, plan.audio_frames, 1), plan, step, predict)
         latents = euler_step(latents.float(), prediction, sigmas[step], sigmas[step + 1]).double()
     torch.testing.assert_close(latents, expected, rtol=0, atol=1e-5)

@@ -230,7 +230,8 @@ class AvatarTextEmbedding:
 
 def llava_pixel_values(pixels: np.ndarray, size: int = 336) -> torch.Tensor:
     """[H, W, 3] uint8 reference -> [1, 3, size, size] LLaVA input (bilinear resize, CLIP normalisation)."""
-    picture = Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    picture = Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
+    picture = picture.resize((size, size), Image.Resampling.BILINEAR)
     tensor = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     return ((tensor - mean) / std).unsqueeze(0)
@@ -253,17 +254,19 @@ def encode_llava(encoder: LlavaTextEncoder, prompt: str, pixel_values: torch.Ten
                  text_tokens: int = TEXT_TOKENS, subject: str = IMAGE_SUBJECT) -> AvatarTextEmbedding:
     """LLaVA hidden states of template(prompt) + image, as the vendor computes them (see module docstring)."""
     model, tokenizer = encoder.model, encoder.tokenizer
-    image_token = model.config.image_token_id if hasattr(model.config, "image_token_id") else model.config.image_token_index
+    config = model.config
+    image_token = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
     crop_start = template_token_count(tokenizer)
     if tokenizer.pad_token_id is None:  # the vendor's tokenizer has one; stay usable with one that does not
         tokenizer.pad_token = tokenizer.eos_token
-    tokens = tokenizer(LLAVA_TEMPLATE.format(prompt) + IMAGE_SUFFIX.format(subject), max_length=text_tokens + crop_start,
-                       padding="max_length", truncation=True, return_tensors="pt")
+    text = LLAVA_TEMPLATE.format(prompt) + IMAGE_SUFFIX.format(subject)
+    tokens = tokenizer(text, max_length=text_tokens + crop_start, padding="max_length", truncation=True,
+                       return_tensors="pt")
     ids, text_mask = tokens["input_ids"][0], tokens["attention_mask"][0]
     where = (ids == image_token).nonzero().flatten()
     if where.numel() != 1:
-        raise InvalidInputError(f"The prompt is too long for HunyuanVideo-Avatar's text encoder: it takes {text_tokens} "
-                                "tokens of prompt (about 180 words); shorten it.")
+        raise InvalidInputError(f"The prompt is too long for HunyuanVideo-Avatar's text encoder: it takes "
+                                f"{text_tokens} tokens of prompt (about 180 words); shorten it.")
     at, features = int(where[0]), image_feature_count(model)
     expanded_ids = torch.cat([ids[:at], ids.new_full((features,), image_token), ids[at + 1:]])
     expanded_mask = torch.cat([text_mask[:at], text_mask.new_ones(features), text_mask[at + 1:]])

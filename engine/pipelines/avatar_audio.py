@@ -49,7 +49,8 @@ def _waveform_of(audio) -> tuple[torch.Tensor, int]:
     elif waveform.ndim == 1:
         waveform = waveform.unsqueeze(0)
     elif waveform.ndim != 2:
-        raise InvalidInputError(f"Audio waveform must be [batch, channels, samples]; got shape {tuple(waveform.shape)}.")
+        raise InvalidInputError(f"Audio waveform must be [batch, channels, samples]; got shape "
+                                f"{tuple(waveform.shape)}.")
     try:
         sample_rate = int(audio["sample_rate"])
     except (TypeError, ValueError):

@@ -71,10 +71,9 @@ def log_mel_chunks(samples: np.ndarray, feature_extractor, max_samples: int | No
         samples = samples[:max_samples]
     if samples.size == 0:
         raise InvalidInputError("No audio samples to encode; connect an audio clip with speech in it.")
-    mels = [
-        feature_extractor(samples[start:start + piece], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
-        for start in range(0, samples.size, piece)
-    ]
+    mels = [feature_extractor(samples[start:start + piece], sampling_rate=SAMPLE_RATE,
+                              return_tensors="np").input_features[0]
+            for start in range(0, samples.size, piece)]
     return torch.from_numpy(np.stack(mels))
 
 
@@ -85,7 +84,8 @@ def whisper_hidden_states(encoder, mel_chunks: torch.Tensor) -> torch.Tensor:
     parameter = next(encoder.parameters())
     outputs = []
     for mel in mel_chunks:  # one piece at a time: memory stays that of a single 30 s piece
-        states = encoder(mel.unsqueeze(0).to(parameter.device, parameter.dtype), output_hidden_states=True).hidden_states
+        mel = mel.unsqueeze(0).to(parameter.device, parameter.dtype)
+        states = encoder(mel, output_hidden_states=True).hidden_states
         outputs.append(torch.stack(states, dim=2)[0].float().cpu())  # [1500, hidden_states, width]
     return torch.cat(outputs, dim=0)
 
