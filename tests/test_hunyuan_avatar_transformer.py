@@ -127,20 +127,28 @@ def vendor_forward(V, x, timestep, text, text_mask, pooled, reference, audio, fa
     a = torch.cat([a[:, :1].repeat(1, 3, 1, 1), a], dim=1).reshape(B, T, 16, D)
     gate = F.interpolate(face_mask.float(), size=(T, th, tw), mode="nearest").reshape(B, -1, 1)
 
+    def qkv(name, h, mod):  # modulated LayerNorm -> fused q/k/v -> heads
+        return [split_heads(t) for t in lin(name, modulate(F.layer_norm(h, (D,), eps=1e-6), mod[0], mod[1])).chunk(3, -1)]
+
+    def mlp(prefix, h, mod):
+        hidden = lin(f"{prefix}.fc1", modulate(F.layer_norm(h, (D,), eps=1e-6), mod[3], mod[4]))
+        return lin(f"{prefix}.fc2", F.gelu(hidden, approximate="tanh")) * mod[5][:, None]
+
     for i in range(TINY_CONFIG["num_layers"]):
         p = f"double_blocks.{i}"
         im = lin(f"{p}.img_mod.linear", F.silu(vec)).chunk(6, dim=-1)
         tm = lin(f"{p}.txt_mod.linear", F.silu(vec)).chunk(6, dim=-1)
-        iq, ik, iv = [split_heads(t) for t in lin(f"{p}.img_attn_qkv", modulate(F.layer_norm(img, (D,), eps=1e-6), im[0], im[1])).chunk(3, -1)]
-        tq, tk, tv = [split_heads(t) for t in lin(f"{p}.txt_attn_qkv", modulate(F.layer_norm(txt, (D,), eps=1e-6), tm[0], tm[1])).chunk(3, -1)]
-        iq, ik = rotate(rms(iq, V[f"{p}.img_attn_q_norm.weight"]), cos, sin), rotate(rms(ik, V[f"{p}.img_attn_k_norm.weight"]), cos, sin)
+        iq, ik, iv = qkv(f"{p}.img_attn_qkv", img, im)
+        tq, tk, tv = qkv(f"{p}.txt_attn_qkv", txt, tm)
+        iq = rotate(rms(iq, V[f"{p}.img_attn_q_norm.weight"]), cos, sin)
+        ik = rotate(rms(ik, V[f"{p}.img_attn_k_norm.weight"]), cos, sin)
         tq, tk = rms(tq, V[f"{p}.txt_attn_q_norm.weight"]), rms(tk, V[f"{p}.txt_attn_k_norm.weight"])
         out = attend(torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1), key_mask)
         ia, ta = out[:, :img.shape[1]], out[:, img.shape[1]:]
         img = img + lin(f"{p}.img_attn_proj", ia) * im[2][:, None]
-        img = img + lin(f"{p}.img_mlp.fc2", F.gelu(lin(f"{p}.img_mlp.fc1", modulate(F.layer_norm(img, (D,), eps=1e-6), im[3], im[4])), approximate="tanh")) * im[5][:, None]
+        img = img + mlp(f"{p}.img_mlp", img, im)
         txt = txt + lin(f"{p}.txt_attn_proj", ta) * tm[2][:, None]
-        txt = txt + lin(f"{p}.txt_mlp.fc2", F.gelu(lin(f"{p}.txt_mlp.fc1", modulate(F.layer_norm(txt, (D,), eps=1e-6), tm[3], tm[4])), approximate="tanh")) * tm[5][:, None]
+        txt = txt + mlp(f"{p}.txt_mlp", txt, tm)
         if i % 2 == 1:  # adapter after double blocks 1, 3, ...
             q_ = f"audio_adapter_blocks.{i // 2}"
             video = img[:, ref_len:].reshape(B, T, -1, D)

@@ -203,7 +203,8 @@ def load_hunyuan_avatar_transformer(path, *, prefer_fp8: bool = False, keep_fp8:
     From the fp8 pair, by default the fp8 weights are dequantized into `dtype` and also returned in
     `quantized`, so `apply_precision(model, "fp8_e4m3fn", device, quantized=loaded.quantized)` keeps them as
     stored. `keep_fp8=True` skips the dequantized copy: the block Linears become fp8-storage layers right
-    away (bf16 compute, so `dtype` must be bf16); use it with an fp8 precision.
+    away (bf16 compute, so `dtype` must be bf16); use it with an fp8 precision. Files without fp8 weights load
+    as usual.
     """
     if keep_fp8 and dtype != FP8_COMPUTE_DTYPE:
         raise InvalidInputError(f"keep_fp8 computes in {FP8_COMPUTE_DTYPE}; load with that dtype, not {dtype}.")
