@@ -14,6 +14,7 @@ const PRESET_WIDGET = "resolution preset";
 const CUSTOM = "custom";
 const INFO_WIDGET = "reelsmith_info";
 const DELAY_MS = 250;
+const MAX_HOPS = 50; // LoRA nodes between a sampler and its loader
 
 let rulesPromise = null;
 let gpuPromise = null;
@@ -60,7 +61,7 @@ function allNodes(graph) {
 function upstreamLoader(node, modelType, rules) {
   const graph = graphOf(node);
   let current = node;
-  for (let hop = 0; hop < 32 && current; hop++) {
+  for (let hop = 0; hop < MAX_HOPS && current; hop++) {
     const input = current.inputs?.find?.((slot) => slot?.type === modelType && slot.link != null);
     const link = linkById(graph, input?.link);
     const origin = link ? graph.getNodeById?.(link.origin_id) : null;
