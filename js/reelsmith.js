@@ -192,6 +192,7 @@ function addPresetWidget(node, state) {
 function addInfoBox(node, state) {
   const element = document.createElement("div");
   element.className = "reelsmith-info";
+  element.dataset.reelsmithKind = state.kind;
   Object.assign(element.style, {
     font: "11px monospace", color: "var(--input-text, #ddd)", whiteSpace: "pre-wrap", overflowWrap: "anywhere",
     overflow: "auto",
@@ -250,6 +251,7 @@ function showInfo(node, blocks, commands = []) {
   state.plainLines = blocks.map((b) => b.text);
   const element = state.infoElement;
   if (element) {
+    element.dataset.reelsmithNode = String(node.id ?? "");
     element.replaceChildren();
     const colors = { head: "#fff", warn: "#ffb347", note: "#aaa", command: "#9fd3ff", ok: "#8fdc8f" };
     for (const block of blocks) {
@@ -278,8 +280,12 @@ function showInfo(node, blocks, commands = []) {
     element.style.display = blocks.length ? "" : "none";
   }
   try {
+    // grow the node to show the box; shrink it back later only if it was grown for the box
     const wanted = node.computeSize?.();
-    if (wanted && node.size && wanted[1] > node.size[1]) node.setSize?.([Math.max(node.size[0], wanted[0]), wanted[1]]);
+    if (wanted && node.size && (wanted[1] > node.size[1] || (state.grown && wanted[1] !== node.size[1]))) {
+      state.grown = true;
+      node.setSize?.([Math.max(node.size[0], wanted[0]), wanted[1]]);
+    }
   } catch (error) {
     quiet("resize failed", error);
   }
@@ -305,7 +311,8 @@ async function refreshLoader(node) {
   if (!status) return;
   state.status = status;
   if (status.ok) {
-    showInfo(node, [{ text: `✓ ${status.message}${status.variant ? ` Variant: ${status.variant}.` : ""}`, tone: "ok" }]);
+    const variant = status.variant ? ` Variant: ${status.variant} (from the ${status.variant_source}).` : "";
+    showInfo(node, [{ text: `✓ ${status.message}${variant}`, tone: "ok" }]);
   } else {
     const blocks = [{ text: "Model files missing:", tone: "warn" }];
     for (const item of status.missing ?? []) blocks.push({ text: item, tone: "warn", indent: true });

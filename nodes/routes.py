@@ -283,7 +283,7 @@ def loader_status(node_type: str, widgets: dict, listed_models=(), models_dir: s
         variant, source = _variant_from_names(family, names), "file name"
         log.info("Reelsmith: variant of %s not read from the weights: %s", node_type, error)
     return {"ok": True, "family": family, "variant": variant, "variant_source": source,
-            "message": f"{files.label}: all files present ({files.layout}).", "missing": [], "commands": [],
+            "message": f"All files present ({files.layout}: {files.label}).", "missing": [], "commands": [],
             "alternatives": []}
 
 
