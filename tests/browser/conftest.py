@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-import shutil
 
 import pytest
+from browser_setup import CHROMIUM_ARGS, browser_skip_reason, chromium_path
 
 _E2E_CONFTEST = pathlib.Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
 _spec = importlib.util.spec_from_file_location("reelsmith_e2e_fixtures", _E2E_CONFTEST)
@@ -28,23 +28,6 @@ PACK_NAME = _e2e.PACK_NAME
 _shot_dirs: list[pathlib.Path] = []
 
 
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"):
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("chromium")
-    return found
-
-
-def browser_skip_reason() -> str | None:
-    if importlib.util.find_spec("playwright") is None:
-        return "browser tier skipped: the Python package 'playwright' is not installed (pip install playwright)"
-    if chromium_path() is None:
-        return ("browser tier skipped: no Chromium binary (apt-get install chromium, or set CHROMIUM=/path/to/it); "
-                "Playwright's own browser downloads are not used")
-    return None
-
-
 @pytest.fixture(scope="session")
 def browser():
     reason = browser_skip_reason()
@@ -53,8 +36,6 @@ def browser():
     if not os.environ.get("COMFYUI_DIR"):
         pytest.skip("browser tier skipped: set COMFYUI_DIR=/path/to/ComfyUI to run tests/browser against a real ComfyUI")
     from playwright.sync_api import sync_playwright
-
-    from editor_page import CHROMIUM_ARGS
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:

@@ -10,8 +10,6 @@ import re
 
 import comfyui_client
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 # litegraph widget geometry -> a point on the screen (the canvas may be panned and zoomed)
 _WIDGET_POINT = """([nodeId, name, where]) => {
   const node = app.graph.getNodeById(nodeId);
