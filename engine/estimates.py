@@ -54,7 +54,7 @@ REQUIRED_FIELDS = {
 NULLABLE_FIELDS = {"tflops": (int, float), "peak_gib": (int, float)}
 OPTIONAL_FIELDS = {"text_encode_s": (int, float), "vae_decode_s": (int, float), "load_s": (int, float),
                    "width": int, "height": int, "weights_gib": (int, float)}
-FAMILIES = ("wan", "ltx", "avatar")
+FAMILIES = {"wan": "Wan 2.2", "ltx": "LTX-Video", "avatar": "Hunyuan Video Avatar"}  # id -> name in messages
 SIZE_LABELS = {"480p": (832, 480), "720p": (1280, 720)}  # bench.py's sizes
 # Variants whose transformer has another's size and cost (only the input channels differ).
 SAME_COST_AS = {("wan", "i2v-a14b"): "t2v-a14b"}
@@ -308,8 +308,9 @@ def _peak(rows, used: BenchmarkRow, shape: ModelShape | None, tokens: int, exact
 def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
     gpu = gpu_name_from_device(request.gpu_device)
     family = request.model_family
+    model = f"{FAMILIES.get(family, family)} {request.variant}"
     if request.variant is None:
-        return Estimate("unknown_model", gpu, [f"No estimate: the {family.upper()} model variant is not known "
+        return Estimate("unknown_model", gpu, [f"No estimate: the {FAMILIES.get(family, family)} variant is not known "
                                                "until the loader's files are found."])
     variant = SAME_COST_AS.get((family, request.variant), request.variant)
     twin_note = [f"{request.variant} measured as {variant} (same transformer size)"] if variant != request.variant else []
@@ -318,11 +319,11 @@ def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
         elsewhere = sorted({r.gpu for r in rows if r.model_family == family and r.variant == variant})
         measured = f" (measured on: {', '.join(elsewhere)})" if elsewhere else ""
         return Estimate("no_measurement", gpu, [f"No measurement for this GPU ({gpu or 'unknown'}) "
-                                                f"with {request.variant}{measured}."])
+                                                f"with {model}{measured}."])
     same_precision = [r for r in same_model if r.precision == request.precision]
     if not same_precision:
         measured = ", ".join(sorted({r.precision for r in same_model}))
-        return Estimate("no_measurement", gpu, [f"No measurement for this GPU ({gpu}) with {request.variant} at "
+        return Estimate("no_measurement", gpu, [f"No measurement for this GPU ({gpu}) with {model} at "
                                                 f"precision {request.precision} (measured: {measured})."])
     notes = list(twin_note)
     if request.variant_source != "weights":

@@ -359,6 +359,12 @@ def estimate_for(payload: dict, rows=None) -> dict:
 
 # ------------------------------------------------------------------------------------------ aiohttp glue
 
+def _inside_model_folders(name: str) -> bool:
+    """A combo value as ComfyUI lists model files and folders: relative, no '..'."""
+    parts = name.replace("\\", "/").split("/")
+    return not name.startswith(("/", "\\")) and ".." not in parts and ":" not in parts[0]
+
+
 def register_routes() -> bool:
     """Add the routes to ComfyUI's server; False (quietly) when there is none (tests, scripts)."""
     if importlib.util.find_spec("server") is None:
@@ -401,6 +407,9 @@ def register_routes() -> bool:
             return web.json_response({"error": str(error)}, status=400)
         widgets = body.get("widgets") if isinstance(body.get("widgets"), dict) else {}
         models = body.get("models") if isinstance(body.get("models"), list) else []
+        outside = [v for v in widgets.values() if isinstance(v, str) and not _inside_model_folders(v)]
+        if outside:  # the editor only sends names from ComfyUI's own lists; never look outside them
+            return web.json_response({"error": f"not a model name: {outside[0]!r}"}, status=400)
         return answer(lambda: loader_status(str(body.get("node_type")), widgets, models))
 
     @routes.post(f"{ROUTE_PREFIX}/estimate")

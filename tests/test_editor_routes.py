@@ -270,10 +270,13 @@ def test_routes_answer_through_a_prompt_server(monkeypatch):
             not_json = await client.post("/reelsmith/editor/loader_status", data=b"{oops")
             status = await client.post("/reelsmith/editor/loader_status", json=dict(
                 node_type="ReelsmithWanModelLoader", widgets=dict(model=SINGLE_FILES, **WAN_T2V_FILES, **LOADER_OPTIONS)))
+            outside = await client.post("/reelsmith/editor/loader_status", json=dict(
+                node_type="ReelsmithWanModelLoader", widgets=dict(model=SINGLE_FILES, diffusion_model="../../etc/passwd")))
             return rules, estimate.status, await estimate.json(), bad.status, await bad.json(), not_json.status, \
-                status.status, await status.json()
+                status.status, await status.json(), outside.status
 
-    rules, code, estimate, bad_code, bad, not_json_code, status_code, status = asyncio.run(exercise())
+    rules, code, estimate, bad_code, bad, not_json_code, status_code, status, outside_code = asyncio.run(exercise())
+    assert outside_code == 400
     assert rules == routes.sampler_rules()
     assert code == 200 and estimate["status"] == "measured"
     assert bad_code == 400 and "not a Reelsmith sampler" in bad["error"]

@@ -192,7 +192,7 @@ def test_other_size_is_extrapolated_from_the_nearest_row(rows):
 def test_no_measurement_for_another_gpu(rows):
     result = estimates.estimate(rows, _request(gpu_device="cpu"))
     assert result.status == "no_measurement" and result.seconds is None
-    assert result.lines == [f"No measurement for this GPU (cpu) with t2v-a14b (measured on: {H100})."]
+    assert result.lines == [f"No measurement for this GPU (cpu) with Wan 2.2 t2v-a14b (measured on: {H100})."]
 
 
 def test_unmeasured_precision_names_what_was_measured(rows):
