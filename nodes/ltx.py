@@ -20,7 +20,7 @@ from ..engine.pipelines.ltx_generate import (
     generate_ltx_video,
     upscale_and_refine_ltx,
 )
-from ..engine.pipelines.ltx_validation import ltx_size_errors
+from ..engine.pipelines.ltx_validation import FRAME_STRIDE, SIZE_MULTIPLE, ltx_size_errors
 from ..engine.pipelines.wan_generate import IMAGE_FITS
 from .wan import MAX_SEED, NONE, SINGLE_FILES, _file_choices
 
@@ -65,7 +65,10 @@ class ReelsmithLTXModelLoader:
             }
         }
 
-    def load(self, model, checkpoint, text_encoder, precision, attention, compile, offload):
+    @staticmethod
+    def resolve_files(model, checkpoint, text_encoder, **_options):
+        """The files these widget values name, checked complete (ModelFilesError lists what is missing, with
+        the download commands); the editor's missing-model message calls this too."""
         if model == SINGLE_FILES:
             if checkpoint == NONE:
                 raise InvalidInputError("Single-file mode needs a 'checkpoint' (or pick a model folder in 'model').")
@@ -77,6 +80,10 @@ class ReelsmithLTXModelLoader:
             if model not in folders:
                 raise InvalidInputError(f"LTX model folder '{model}' is not found under ComfyUI's models folders any more.")
             files = resolve_diffusers_folder(folders[model], model)
+        return files
+
+    def load(self, model, checkpoint, text_encoder, precision, attention, compile, offload):
+        files = self.resolve_files(model, checkpoint, text_encoder)
         options = LTXLoadOptions(precision=precision, attention=attention, compile=compile, offload=offload)
         return (load_ltx_model(files, options),)
 
@@ -89,9 +96,11 @@ def _sampler_inputs() -> dict:
                                          "'positive' conditioning is connected."}),
         "negative_prompt": ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE,
                                        "tooltip": "What to avoid (used when cfg is not 1)."}),
-        "width": ("INT", {"default": 768, "min": 32, "max": 2048, "step": 32, "tooltip": "Width: a multiple of 32."}),
-        "height": ("INT", {"default": 512, "min": 32, "max": 2048, "step": 32, "tooltip": "Height: a multiple of 32."}),
-        "frames": ("INT", {"default": 97, "min": 1, "max": 1025, "step": 8,
+        "width": ("INT", {"default": 768, "min": SIZE_MULTIPLE, "max": 2048, "step": SIZE_MULTIPLE,
+                          "tooltip": "Width: a multiple of 32."}),
+        "height": ("INT", {"default": 512, "min": SIZE_MULTIPLE, "max": 2048, "step": SIZE_MULTIPLE,
+                           "tooltip": "Height: a multiple of 32."}),
+        "frames": ("INT", {"default": 97, "min": 1, "max": 1025, "step": FRAME_STRIDE,
                            "tooltip": "Number of frames, of the form 8k+1 (97 = about 4 s at 25 fps)."}),
         "frame_rate": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 1.0,
                                  "tooltip": "Frames per second; the model is conditioned on it."}),

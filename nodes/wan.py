@@ -12,12 +12,15 @@ from ..engine.models.wan_layouts import discover_wan_folders, resolve_folder, re
 from ..engine.models.wan_model import OFFLOAD_MODES, WanLoadOptions, load_wan_model
 from ..engine.pipelines.schedulers import SCHEDULERS
 from ..engine.pipelines.wan_generate import IMAGE_FITS, generate_wan_video
-from ..engine.pipelines.wan_validation import wan_size_errors
+from ..engine.models.wan_variants import WAN_VARIANTS
+from ..engine.pipelines.wan_validation import FRAME_STRIDE, wan_size_errors
 
 CATEGORY = "Reelsmith/Wan 2.2"
 SINGLE_FILES = "single files (pick below)"
 NONE = "none"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+# The finest size step any Wan variant accepts (TI2V-5B needs twice this; the editor snaps per variant).
+SIZE_STEP = min(variant.size_multiple for variant in WAN_VARIANTS.values())
 
 # Wan's recommended negative prompt, in English (the official one is the Chinese equivalent).
 DEFAULT_NEGATIVE = (
@@ -86,8 +89,10 @@ class ReelsmithWanModelLoader:
             }
         }
 
-    def load(self, model, diffusion_model, diffusion_model_low_noise, text_encoder, vae,
-             precision, attention, compile, offload):
+    @staticmethod
+    def resolve_files(model, diffusion_model, diffusion_model_low_noise, text_encoder, vae, **_options):
+        """The files these widget values name, checked complete (ModelFilesError lists what is missing). The
+        editor's missing-model message calls this too, so it says exactly what loading would."""
         if model == SINGLE_FILES:
             if diffusion_model == NONE or vae == NONE:
                 raise InvalidInputError(
@@ -104,6 +109,11 @@ class ReelsmithWanModelLoader:
             if model not in folders:
                 raise InvalidInputError(f"Wan model folder '{model}' is not found under ComfyUI's models folders any more.")
             files = resolve_folder(folders[model], model)
+        return files
+
+    def load(self, model, diffusion_model, diffusion_model_low_noise, text_encoder, vae,
+             precision, attention, compile, offload):
+        files = self.resolve_files(model, diffusion_model, diffusion_model_low_noise, text_encoder, vae)
         options = WanLoadOptions(precision=precision, attention=attention, compile=compile, offload=offload)
         return (load_wan_model(files, options),)
 
@@ -151,11 +161,11 @@ def _sampler_inputs(cfg_high: float, cfg_low: float, flow_shift: float, boundary
         "negative_prompt": ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE,
                                        "tooltip": "What to avoid (used when CFG is above 1). Ignored when "
                                                   "'negative' conditioning is connected."}),
-        "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16,
+        "width": ("INT", {"default": 832, "min": SIZE_STEP, "max": 2048, "step": SIZE_STEP,
                           "tooltip": "Width in pixels: a multiple of 16 (32 for TI2V-5B)."}),
-        "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16,
+        "height": ("INT", {"default": 480, "min": SIZE_STEP, "max": 2048, "step": SIZE_STEP,
                            "tooltip": "Height in pixels: a multiple of 16 (32 for TI2V-5B)."}),
-        "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
+        "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": FRAME_STRIDE,
                            "tooltip": "Number of frames, of the form 4k+1 (81 = 5 s at 16 fps; TI2V-5B: 121 = 5 s at 24 fps)."}),
         "steps": ("INT", {"default": 40, "min": 1, "max": 200,
                           "tooltip": "Denoising steps (40 for A14B, 50 for TI2V-5B; 4 with a distillation LoRA)."}),
@@ -188,7 +198,7 @@ def _conditioning_tensor(conditioning):
 
 
 def _validate_sizes(width, height, frames):
-    problems = wan_size_errors(width, height, frames, 16)
+    problems = wan_size_errors(width, height, frames, SIZE_STEP)
     return True if not problems else "Wan 2.2: " + "; ".join(problems) + "."
 
 

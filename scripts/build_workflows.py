@@ -151,16 +151,20 @@ def to_ui(nodes: list[Node], object_info: dict) -> dict:
 
 # ---------------------------------------------------------------- the shipped workflows
 
-def delivery_tail(sampler: int, prefix: str) -> list[Node]:
+COLUMN = 420  # node width (360) plus a gap: nodes side by side never overlap
+BELOW_LOADER = 700  # image inputs sit under the loader, clear of its missing-model message
+
+
+def delivery_tail(sampler: int, prefix: str, x: int = 880) -> list[Node]:
     """generate -> NSFW gate (stop) -> watermark (visible text + invisible payload) -> Encode Video (auto)."""
     return [
         Node(6, "ReelsmithNSFWGate", dict(threshold=0.8, stride=4, action="stop"), {"images": (sampler, 0)},
-             title="NSFW Gate", pos=(900, 120)),
+             title="NSFW Gate", pos=(x, 120)),
         Node(7, "ReelsmithWatermark", dict(mark="text", text="AI generated", position="bottom-right",
                                            opacity=0.7, invisible_payload="reelsmith", invisible_strength="normal"),
-             {"images": (6, 0)}, title="Watermark", pos=(1140, 120)),
+             {"images": (6, 0)}, title="Watermark", pos=(x + COLUMN, 120)),
         Node(8, "ReelsmithEncodeVideo", dict(filename_prefix=prefix, container="mp4", codec="h264", encoder="auto"),
-             {"images": (7, 0), "fps": (sampler, 2)}, title="Encode Video", pos=(1380, 120)),
+             {"images": (7, 0), "fps": (sampler, 2)}, title="Encode Video", pos=(x + 2 * COLUMN, 120)),
     ]
 
 
@@ -192,7 +196,7 @@ def wan_a14b(kind: str, width: int, height: int) -> tuple[list[Node], str]:
         nodes.append(Node(2, "ReelsmithWan22TextToVideo", sampler_widgets, {"wan_model": (1, 0)},
                           title="Wan 2.2 Text to Video", pos=(460, 120)))
     else:
-        nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)))
+        nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, BELOW_LOADER)))
         nodes.append(Node(2, "ReelsmithWan22ImageToVideo", dict(sampler_widgets, fit="crop"),
                           {"wan_model": (1, 0), "start_image": (5, 0)}, title="Wan 2.2 Image to Video", pos=(460, 120)))
     nodes += delivery_tail(2, f"reelsmith/wan22_{kind}_{height}p")
@@ -211,7 +215,7 @@ def wan_ti2v_5b() -> tuple[list[Node], str]:
         ])
     nodes = [
         loader,
-        Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)),
+        Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, BELOW_LOADER)),
         Node(2, "ReelsmithWan22ImageToVideo", dict(
             prompt="The product rotates slowly on a marble pedestal under soft studio light; subtle reflections.",
             width=1280, height=704, frames=121, steps=50, cfg_high=5.0, cfg_low=5.0, flow_shift=5.0, boundary=0.0,
@@ -245,18 +249,18 @@ def ltx(kind: str, checkpoint: str) -> tuple[list[Node], str]:
                           title="LTX Text to Video", pos=(460, 120)))
         title = "LTX-Video 2B T2V 720p"
     elif kind == "i2v":
-        nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, 520)))
+        nodes.append(Node(5, "LoadImage", {"image": "example.png"}, title="Start Image", pos=(40, BELOW_LOADER)))
         nodes.append(Node(2, "ReelsmithLTXImageToVideo", dict(widgets, strength=1.0, fit="crop"),
                           {"ltx_model": (1, 0), "image": (5, 0)}, title="LTX Image to Video", pos=(460, 120)))
         title = "LTX-Video 13B distilled I2V 720p"
     else:
         nodes += [
-            Node(5, "LoadImage", {"image": "example.png"}, title="First Frame", pos=(40, 520)),
-            Node(9, "LoadImage", {"image": "example.png"}, title="Last Frame", pos=(40, 860)),
+            Node(5, "LoadImage", {"image": "example.png"}, title="First Frame", pos=(40, BELOW_LOADER)),
+            Node(9, "LoadImage", {"image": "example.png"}, title="Last Frame", pos=(40, BELOW_LOADER + 380)),
             Node(10, "ReelsmithLTXKeyframe", dict(frame_index=0, strength=1.0), {"images": (5, 0)},
-                 title="Keyframe: first", pos=(300, 520)),
+                 title="Keyframe: first", pos=(460, BELOW_LOADER + 180)),
             Node(11, "ReelsmithLTXKeyframe", dict(frame_index=96, strength=1.0), {"images": (9, 0), "keyframes": (10, 0)},
-                 title="Keyframe: last", pos=(300, 860)),
+                 title="Keyframe: last", pos=(460, BELOW_LOADER + 380)),
             Node(2, "ReelsmithLTXKeyframes", dict(widgets, fit="crop"), {"ltx_model": (1, 0), "keyframes": (11, 0)},
                  title="LTX Keyframes", pos=(460, 120)),
         ]
@@ -277,9 +281,9 @@ def ltx_two_stage_upscale() -> tuple[list[Node], str]:
     nodes = [node for node in nodes if node.id not in (6, 7, 8)]  # the delivery tail moves after the upscale
     nodes.append(Node(3, "ReelsmithLTXLatentUpscale", dict(
         upscaler=UPSCALER, prompt=LTX_PROMPT, frame_rate=25.0, steps=10, cfg=1.0, denoise=0.4, seed=42),
-        {"ltx_model": (1, 0), "latent": (2, 1)}, title="LTX Latent Upscale", pos=(680, 120),
+        {"ltx_model": (1, 0), "latent": (2, 1)}, title="LTX Latent Upscale", pos=(880, 120),
         models=[{"name": UPSCALER, "url": f"{LTX_REPO}/{UPSCALER}", "directory": "latent_upscale_models"}]))
-    return nodes + delivery_tail(3, "reelsmith/ltx_two_stage_upscale_720p"), "LTX-Video 13B distilled two-stage upscale 720p"
+    return nodes + delivery_tail(3, "reelsmith/ltx_two_stage_upscale_720p", x=880 + COLUMN), "LTX-Video 13B distilled two-stage upscale 720p"
 
 
 WORKFLOWS = {

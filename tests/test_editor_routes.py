@@ -1,0 +1,288 @@
+"""The editor's server side (nodes/routes.py): what a loader lacks and how to download it, the estimate for a
+sampler's widgets, and the thin aiohttp routes, on tiny models written at test time."""
+
+import asyncio
+import shutil
+import sys
+import types
+
+import pytest
+
+from reelsmith.engine import host
+from reelsmith.engine.demo_ltx import TinyLTXSet
+from reelsmith.engine.demo_models import TinyWanSet
+from reelsmith.engine.pipelines.schedulers import make_flow_scheduler
+from reelsmith.nodes import routes
+from reelsmith.nodes.wan import SINGLE_FILES
+
+WAN_T2V_FILES = dict(diffusion_model="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                     diffusion_model_low_noise="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                     text_encoder="umt5_xxl_fp8_e4m3fn_scaled.safetensors", vae="wan_2.1_vae.safetensors")
+LOADER_OPTIONS = dict(precision="fp8_e4m3fn_fast", attention="auto", compile="off", offload="none")
+H100_DEVICE = "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    t2v = TinyWanSet("t2v-a14b", seed=1)
+    t2v.write_release_folder(root / "wan-t2v-14b")
+    t2v.write_diffusers_folder(root / "diffusers" / "Wan2.2-T2V-A14B-Diffusers")
+    singles = t2v.write_single_files(root, subfolder="")
+    ti2v = TinyWanSet("ti2v-5b", seed=2)
+    ti2v_singles = ti2v.write_single_files(root, subfolder="ti2v")
+    ltx = TinyLTXSet(seed=3)
+    ltx_checkpoint = ltx.write_vendor_file(root / "checkpoints" / "ltxv-2b-0.9.8-distilled.safetensors", distilled=True)
+    ltx_encoder = ltx.write_text_encoder_file(root / "text_encoders" / "t5xxl_fp16.safetensors")
+    return types.SimpleNamespace(root=root, singles=singles, ti2v=ti2v_singles, ltx_checkpoint=ltx_checkpoint,
+                                 ltx_encoder=ltx_encoder)
+
+
+@pytest.fixture
+def roots(models, monkeypatch):
+    monkeypatch.setattr(host, "models_roots", lambda: [models.root, models.root / "diffusers"])
+    return models
+
+
+def _wan_singles(paths):
+    return dict(model=SINGLE_FILES, diffusion_model=str(paths["high"]),
+                diffusion_model_low_noise=str(paths["low"]) if "low" in paths else "none",
+                text_encoder=str(paths["text_encoder"]), vae=str(paths["vae"]), **LOADER_OPTIONS)
+
+
+# ------------------------------------------------------------------ loader status
+
+
+def test_shipped_single_files_missing_name_files_and_the_model_set_command():
+    status = routes.loader_status("ReelsmithWanModelLoader", dict(model=SINGLE_FILES, **WAN_T2V_FILES, **LOADER_OPTIONS),
+                                  models_dir="/data/models", file_exists=lambda folder, name: False)
+    assert status["ok"] is False
+    assert status["missing"] == [f"diffusion_models/{WAN_T2V_FILES['diffusion_model']}",
+                                 f"diffusion_models/{WAN_T2V_FILES['diffusion_model_low_noise']}",
+                                 f"text_encoders/{WAN_T2V_FILES['text_encoder']}", f"vae/{WAN_T2V_FILES['vae']}"]
+    assert status["commands"] == [
+        f"{sys.executable} {routes.PACK_ROOT / 'scripts' / 'download_models.py'} wan22-t2v-a14b --models-dir /data/models"]
+    assert (status["variant"], status["variant_source"]) == ("t2v-a14b", "file name")
+
+
+def test_one_missing_file_still_names_only_it():
+    present = {("vae", WAN_T2V_FILES["vae"]), ("text_encoders", WAN_T2V_FILES["text_encoder"]),
+               ("diffusion_models", WAN_T2V_FILES["diffusion_model"])}
+    status = routes.loader_status("ReelsmithWanModelLoader", dict(model=SINGLE_FILES, **WAN_T2V_FILES, **LOADER_OPTIONS),
+                                  models_dir="/m", file_exists=lambda folder, name: (folder, name) in present)
+    assert status["missing"] == [f"diffusion_models/{WAN_T2V_FILES['diffusion_model_low_noise']}"]
+    assert len(status["commands"]) == 1 and "wan22-t2v-a14b" in status["commands"][0]
+
+
+def test_ti2v_files_shared_with_other_sets_need_one_command():
+    widgets = dict(model=SINGLE_FILES, diffusion_model="wan2.2_ti2v_5B_fp16.safetensors", diffusion_model_low_noise="none",
+                   text_encoder="umt5_xxl_fp8_e4m3fn_scaled.safetensors", vae="wan2.2_vae.safetensors", **LOADER_OPTIONS)
+    status = routes.loader_status("ReelsmithWanModelLoader", widgets, models_dir="/m", file_exists=lambda f, n: False)
+    assert [c.split()[2] for c in status["commands"]] == ["wan22-ti2v-5b"]  # not also wan22-t2v-a14b for the umt5
+    assert status["variant"] == "ti2v-5b"
+
+
+def test_a_file_only_the_workflow_lists_gets_a_resumable_curl():
+    listed = [{"name": "my_finetune.safetensors", "directory": "diffusion_models",
+               "url": "https://huggingface.co/someone/finetune/resolve/main/my_finetune.safetensors"}]
+    widgets = dict(model=SINGLE_FILES, diffusion_model="my_finetune.safetensors", diffusion_model_low_noise="none",
+                   text_encoder="none", vae="wan2.2_vae.safetensors", **LOADER_OPTIONS)
+    status = routes.loader_status("ReelsmithWanModelLoader", widgets, listed, models_dir="/m",
+                                  file_exists=lambda folder, name: name == "wan2.2_vae.safetensors")
+    assert status["commands"] == ["curl -L -C - --create-dirs -o /m/diffusion_models/my_finetune.safetensors "
+                                  f"{listed[0]['url']}"]
+    assert status["variant"] is None
+
+
+def test_unknown_file_without_a_url_has_no_command_but_is_named():
+    widgets = dict(model=SINGLE_FILES, diffusion_model="mystery.safetensors", diffusion_model_low_noise="none",
+                   text_encoder="none", vae="none", **LOADER_OPTIONS)
+    status = routes.loader_status("ReelsmithWanModelLoader", widgets, models_dir="/m", file_exists=lambda f, n: False)
+    assert status["ok"] is False and status["commands"] == []
+    assert "Single-file mode needs at least 'diffusion_model' and 'vae'" in status["message"]
+
+
+def test_ltx_single_files_get_the_set_command_and_the_per_file_alternatives():
+    status = routes.loader_status("ReelsmithLTXModelLoader", dict(
+        model=SINGLE_FILES, checkpoint="ltxv-13b-0.9.8-dev.safetensors", text_encoder="t5xxl_fp16.safetensors",
+        **LOADER_OPTIONS), models_dir="/m", file_exists=lambda f, n: False)
+    assert [c.split()[2] for c in status["commands"]] == ["ltx-13b"]
+    assert any(a.startswith("hf download Lightricks/LTX-Video ltxv-13b-0.9.8-dev.safetensors --local-dir")
+               for a in status["alternatives"])
+    assert not any(a.endswith(")") for a in status["alternatives"]), "a hint in parentheses is not part of a command"
+    assert status["variant"] == "13b"
+
+
+def test_complete_single_files_report_the_variant_from_the_weights(models):
+    status = routes.loader_status("ReelsmithWanModelLoader", _wan_singles(models.singles), models_dir="/m")
+    assert status["ok"] is True, status["message"]
+    assert (status["variant"], status["variant_source"]) == ("t2v-a14b", "weights")
+    assert status["missing"] == [] and status["commands"] == []
+    ti2v = routes.loader_status("ReelsmithWanModelLoader", _wan_singles(models.ti2v), models_dir="/m")
+    assert (ti2v["ok"], ti2v["variant"]) == (True, "ti2v-5b")
+
+
+def test_renamed_files_still_report_the_weights_variant(models, tmp_path):
+    renamed = {key: tmp_path / f"ti2v_looking_name_{path.name}" for key, path in models.singles.items()}
+    for key, path in models.singles.items():
+        shutil.copy(path, renamed[key])
+        hint = path.parent / (path.name + ".reelsmith.json")
+        if hint.exists():
+            shutil.copy(hint, renamed[key].parent / (renamed[key].name + ".reelsmith.json"))
+    status = routes.loader_status("ReelsmithWanModelLoader", _wan_singles(renamed), models_dir="/m")
+    assert (status["ok"], status["variant"], status["variant_source"]) == (True, "t2v-a14b", "weights")
+
+
+def test_complete_ltx_checkpoint(models):
+    status = routes.loader_status("ReelsmithLTXModelLoader", dict(
+        model=SINGLE_FILES, checkpoint=str(models.ltx_checkpoint), text_encoder=str(models.ltx_encoder),
+        **LOADER_OPTIONS), models_dir="/m")
+    assert (status["ok"], status["variant"], status["variant_source"]) == (True, "2b", "weights")
+
+
+def test_release_folder_missing_an_expert_shard(roots):
+    folder = roots.root / "wan-t2v-14b"
+    shard = sorted((folder / "low_noise_model").glob("*.safetensors"))[-1]
+    kept = shard.read_bytes()
+    shard.unlink()
+    try:
+        status = routes.loader_status("ReelsmithWanModelLoader", dict(
+            model="wan-t2v-14b", diffusion_model="none", diffusion_model_low_noise="none", text_encoder="none",
+            vae="none", **LOADER_OPTIONS))
+    finally:
+        shard.write_bytes(kept)
+    assert status["ok"] is False
+    assert status["missing"] == [str(shard)]
+    assert status["commands"] == [f"hf download Wan-AI/Wan2.2-T2V-A14B --local-dir {folder}"]
+    healthy = routes.loader_status("ReelsmithWanModelLoader", dict(
+        model="wan-t2v-14b", diffusion_model="none", diffusion_model_low_noise="none", text_encoder="none",
+        vae="none", **LOADER_OPTIONS))
+    assert (healthy["ok"], healthy["variant"]) == (True, "t2v-a14b")
+
+
+def test_diffusers_folder_missing_a_component(roots):
+    folder = roots.root / "diffusers" / "Wan2.2-T2V-A14B-Diffusers"
+    moved = folder.parent / "transformer_2.moved"
+    (folder / "transformer_2").rename(moved)
+    try:
+        status = routes.loader_status("ReelsmithWanModelLoader", dict(
+            model="Wan2.2-T2V-A14B-Diffusers", diffusion_model="none", diffusion_model_low_noise="none",
+            text_encoder="none", vae="none", **LOADER_OPTIONS))
+    finally:
+        moved.rename(folder / "transformer_2")
+    assert status["ok"] is False
+    assert status["missing"] == [f"{folder / 'transformer_2'}/config.json",
+                                 f"{folder / 'transformer_2'}/ (weights: *.safetensors)"]
+    assert status["commands"] == [f"hf download Wan-AI/Wan2.2-T2V-A14B-Diffusers --local-dir {folder}"]
+
+
+def test_not_a_loader_is_refused():
+    with pytest.raises(routes.InvalidInputError, match="not a Reelsmith model loader"):
+        routes.loader_status("KSampler", {})
+
+
+# ------------------------------------------------------------------ estimates
+
+
+def _wan_sampler(**overrides):
+    values = dict(width=1280, height=720, frames=81, steps=40, cfg_high=3.0, cfg_low=4.0, boundary=0.875,
+                  flow_shift=12.0, scheduler="unipc", seed=1, prompt="a fox")
+    values.update(overrides)
+    return values
+
+
+def test_wan_phases_split_steps_as_the_sampler_does():
+    phases = routes.wan_phases("t2v-a14b", 40, 3.0, 1.0, 0.875, 12.0, "unipc")
+    schedule = make_flow_scheduler("unipc", 12.0)
+    schedule.set_timesteps(40)
+    high = sum(1 for t in schedule.timesteps if t >= 875)
+    assert phases == [(high, 3.0), (40 - high, 1.0)] and 0 < high < 40
+    assert routes.wan_phases("ti2v-5b", 50, 5.0, 1.0, 0.0, 5.0, "unipc") == [(50, 5.0)]
+
+
+def test_estimate_for_a_wan_sampler_on_h100():
+    result = routes.estimate_for(dict(node_type="ReelsmithWan22TextToVideo", gpu_device=H100_DEVICE,
+                                      variant="t2v-a14b", variant_source="weights", sampler=_wan_sampler(cfg_low=1.0),
+                                      loader=LOADER_OPTIONS))
+    high, low = routes.wan_phases("t2v-a14b", 40, 3.0, 1.0, 0.875, 12.0, "unipc")
+    assert result["status"] == "measured"
+    assert result["forwards"] == 2 * high[0] + low[0]
+    assert result["seconds"] == pytest.approx(result["forwards"] * 11.99, abs=0.1)
+    assert result["problems"] == []
+    assert any("both A14B experts" in line for line in result["lines"])
+    offloaded = routes.estimate_for(dict(node_type="ReelsmithWan22TextToVideo", gpu_device=H100_DEVICE,
+                                         variant="t2v-a14b", sampler=_wan_sampler(),
+                                         loader=dict(LOADER_OPTIONS, offload="model")))
+    assert not any("both A14B experts" in line for line in offloaded["lines"])
+
+
+def test_estimate_reports_what_validation_would_refuse():
+    result = routes.estimate_for(dict(node_type="ReelsmithWan22ImageToVideo", gpu_device="cpu", variant="ti2v-5b",
+                                      sampler=_wan_sampler(width=1296, frames=80), loader=LOADER_OPTIONS))
+    assert result["status"] == "no_measurement"
+    assert any(p.startswith("width 1296 is not a multiple of 32") for p in result["problems"])
+    assert any(p.startswith("frames 80 is not of the form 4k+1") for p in result["problems"])
+    ltx = routes.estimate_for(dict(node_type="ReelsmithLTXTextToVideo", gpu_device=H100_DEVICE, variant="2b",
+                                   sampler=dict(width=1280, height=720, frames=97, steps=8, cfg=1.0),
+                                   loader=LOADER_OPTIONS))
+    assert ltx["problems"] == ["height 720 is not a multiple of 32: use 704 or 736"]
+    assert ltx["status"] == "no_measurement"
+
+
+def test_estimate_without_a_known_variant():
+    result = routes.estimate_for(dict(node_type="ReelsmithWan22TextToVideo", gpu_device=H100_DEVICE, variant=None,
+                                      sampler=_wan_sampler(), loader=LOADER_OPTIONS))
+    assert result["status"] == "unknown_model" and result["seconds"] is None
+
+
+def test_estimate_bad_payloads_are_named():
+    with pytest.raises(routes.InvalidInputError, match="not a Reelsmith sampler"):
+        routes.estimate_for(dict(node_type="KSampler"))
+    with pytest.raises(routes.InvalidInputError, match="'width' = 'wide' is not a number"):
+        routes.estimate_for(dict(node_type="ReelsmithWan22TextToVideo", sampler=_wan_sampler(width="wide")))
+
+
+# ------------------------------------------------------------------ the aiohttp glue
+
+
+def test_routes_answer_through_a_prompt_server(monkeypatch):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    table = web.RouteTableDef()
+    fake_server = types.ModuleType("server")
+    fake_server.PromptServer = types.SimpleNamespace(instance=types.SimpleNamespace(routes=table))
+    monkeypatch.setitem(sys.modules, "server", fake_server)
+    find_spec = routes.importlib.util.find_spec
+    monkeypatch.setattr(routes.importlib.util, "find_spec",
+                        lambda name, *rest: object() if name == "server" else find_spec(name, *rest))
+    assert routes.register_routes() is True
+
+    async def exercise():
+        app = web.Application()
+        app.add_routes(table)
+        async with TestClient(TestServer(app)) as client:
+            rules = await (await client.get("/reelsmith/editor/rules")).json()
+            estimate = await client.post("/reelsmith/editor/estimate", json=dict(
+                node_type="ReelsmithWan22TextToVideo", gpu_device=H100_DEVICE, variant="t2v-a14b",
+                sampler=_wan_sampler(), loader=LOADER_OPTIONS))
+            bad = await client.post("/reelsmith/editor/estimate", json=dict(node_type="KSampler"))
+            not_json = await client.post("/reelsmith/editor/loader_status", data=b"{oops")
+            status = await client.post("/reelsmith/editor/loader_status", json=dict(
+                node_type="ReelsmithWanModelLoader", widgets=dict(model=SINGLE_FILES, **WAN_T2V_FILES, **LOADER_OPTIONS)))
+            outside = await client.post("/reelsmith/editor/loader_status", json=dict(
+                node_type="ReelsmithWanModelLoader", widgets=dict(model=SINGLE_FILES, diffusion_model="../../etc/passwd")))
+            return rules, estimate.status, await estimate.json(), bad.status, await bad.json(), not_json.status, \
+                status.status, await status.json(), outside.status
+
+    rules, code, estimate, bad_code, bad, not_json_code, status_code, status, outside_code = asyncio.run(exercise())
+    assert outside_code == 400
+    assert rules == routes.sampler_rules()
+    assert code == 200 and estimate["status"] == "measured"
+    assert bad_code == 400 and "not a Reelsmith sampler" in bad["error"]
+    assert not_json_code == 400
+    assert status_code == 200 and status["ok"] is False and len(status["missing"]) == 4
+
+
+def test_no_server_no_routes():
+    assert routes.register_routes() is False  # tests run without ComfyUI's server module

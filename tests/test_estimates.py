@@ -1,0 +1,260 @@
+"""engine/estimates.py: the benchmark table (data/benchmarks.json) and the estimates made from it."""
+
+import copy
+import importlib.util
+import json
+
+import pytest
+
+from pack_paths import PACK_ROOT
+from reelsmith.engine import estimates
+from reelsmith.engine.errors import InvalidInputError
+
+H100 = "NVIDIA H100 80GB HBM3"
+H100_DEVICE = f"cuda:0 {H100} : cudaMallocAsync"  # as ComfyUI's /system_stats names it
+FORTY_STEPS_CFG = [(40, 3.0)]  # 80 forwards
+
+
+def _bench_script():
+    spec = importlib.util.spec_from_file_location("reelsmith_bench_for_tests", PACK_ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _request(**overrides):
+    values = dict(gpu_device=H100_DEVICE, model_family="wan", variant="t2v-a14b", precision="fp8_e4m3fn_fast",
+                  compile="off", width=1280, height=720, frames=81, phases=FORTY_STEPS_CFG)
+    values.update(overrides)
+    return estimates.EstimateRequest(**values)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return estimates.load_rows()
+
+
+@pytest.fixture(scope="module")
+def raw_rows():
+    return json.loads(estimates.BENCHMARKS_PATH.read_text())
+
+
+# ------------------------------------------------------------------ the table
+
+
+def test_table_holds_the_h100_wan_measurements(rows):
+    measured = {(r.precision, r.compile, r.size_label): (r.seconds_per_forward, r.peak_gib) for r in rows
+                if r.gpu == H100 and r.variant == "t2v-a14b"}
+    assert measured == {
+        ("bf16", "off", "480p"): (3.34, None), ("bf16", "off", "720p"): (12.34, 34.7),
+        ("bf16", "regional", "480p"): (2.73, None), ("bf16", "regional", "720p"): (10.87, 31.1),
+        ("fp8_e4m3fn_fast", "off", "480p"): (3.19, None), ("fp8_e4m3fn_fast", "off", "720p"): (11.99, 21.6),
+        ("fp8_e4m3fn_fast", "regional", "480p"): (2.34, None), ("fp8_e4m3fn_fast", "regional", "720p"): (10.10, 18.8),
+    }
+    for row in rows:
+        assert (row.raw["driver"], row.raw["torch"], row.date, row.frames, row.attention, row.model_family) == \
+            ("580.159.04", "2.11.0+cu130", "2026-11-22", 81, "cudnn", "wan")
+
+
+def test_rows_have_the_bench_schema_plus_model_family(raw_rows):
+    """Every field bench.py writes for a row (except its own extras) and the family are in every row."""
+    schema = {"gpu", "driver", "torch", "date", "variant", "size", "frames", "precision", "attention", "compile",
+              "seconds_per_forward", "tflops", "peak_gib", "notes", "model_family"}
+    for row in raw_rows:
+        assert schema <= set(row), sorted(schema - set(row))
+
+
+def test_tflops_follow_bench_flop_count(raw_rows):
+    bench = _bench_script()
+    from reelsmith.engine.models.wan_variants import WAN_VARIANTS
+    config = WAN_VARIANTS["t2v-a14b"].transformer_config_dict()
+    for row in raw_rows:
+        width, height = bench.SIZES[row["size"]]
+        tokens = ((row["frames"] - 1) // 4 + 1) * (height // 16) * (width // 16)
+        assert row["tflops"] == pytest.approx(bench.forward_flops(config, tokens) / row["seconds_per_forward"] / 1e12,
+                                              abs=0.06)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("seconds_per_forward", None, "seconds_per_forward"),
+    ("frames", "81", "frames"),
+    ("model_family", "sora", "model_family"),
+    ("size", "4k", "size"),
+    ("peak_gib", "big", "peak_gib"),
+])
+def test_malformed_row_is_named(raw_rows, field, value, words):
+    broken = copy.deepcopy(raw_rows)
+    broken[3][field] = value
+    with pytest.raises(InvalidInputError, match=rf"row 3: .*{words}"):
+        estimates.parse_rows(broken)
+
+
+def test_missing_peak_field_must_be_null_not_absent(raw_rows):
+    broken = copy.deepcopy(raw_rows)
+    del broken[0]["peak_gib"]
+    with pytest.raises(InvalidInputError, match="row 0: field 'peak_gib' is missing .*null"):
+        estimates.parse_rows(broken)
+
+
+def test_size_labels_are_bench_sizes():
+    assert estimates.SIZE_LABELS == _bench_script().SIZES
+
+
+# ------------------------------------------------------------------ model arithmetic
+
+
+def test_flop_split_matches_bench_and_the_measured_attention_share():
+    bench = _bench_script()
+    shape = estimates.model_shape("wan", "t2v-a14b")
+    tokens = shape.tokens(1280, 720, 81)
+    assert tokens == 21 * 45 * 80
+    attention, rest = shape.forward_flops(tokens)
+    from reelsmith.engine.models.wan_variants import WAN_VARIANTS
+    assert attention + rest == pytest.approx(bench.forward_flops(WAN_VARIANTS["t2v-a14b"].transformer_config_dict(), tokens))
+    assert 0.71 < attention / (attention + rest) < 0.73  # DESIGN.md: self-attention is 72 % of the FLOPs at 720p
+    assert (attention + rest) / 1e15 == pytest.approx(6.5, abs=0.1)  # 6.5 PFLOP a forward
+
+
+def test_token_counts_follow_each_family_compression():
+    assert estimates.model_shape("wan", "ti2v-5b").tokens(1280, 704, 121) == 31 * 22 * 40  # 16x VAE, 2x2 patch
+    assert estimates.model_shape("ltx", "13b").tokens(1280, 704, 97) == 11440  # DESIGN.md's LTX token count
+    assert estimates.model_shape("avatar", "whatever") is None
+
+
+@pytest.mark.parametrize("source, target", [("720p", "480p"), ("480p", "720p")])
+def test_extrapolation_lands_near_the_other_measured_size(rows, source, target):
+    """The quadratic/linear split predicts the other measured size within 12 % (2-11 % off on the H100 rows)."""
+    for precision in ("bf16", "fp8_e4m3fn_fast"):
+        for compile_mode in ("off", "regional"):
+            same = [r for r in rows if r.precision == precision and r.compile == compile_mode]
+            measured = next(r for r in same if r.size_label == target)
+            only_source = [r for r in same if r.size_label == source]
+            result = estimates.estimate(only_source, _request(
+                precision=precision, compile=compile_mode, width=measured.width, height=measured.height,
+                phases=[(1, 1.0)]))
+            assert result.status == "extrapolated"
+            assert result.seconds == pytest.approx(measured.seconds_per_forward, rel=0.12)
+            assert result.seconds != pytest.approx(measured.seconds_per_forward, rel=0.001)
+
+
+def test_forwards_per_run_counts_cfg():
+    assert estimates.forwards_per_run([(40, 3.0)]) == 80
+    assert estimates.forwards_per_run([(4, 1.0)]) == 4
+    assert estimates.forwards_per_run([(26, 3.0), (14, 1.0)]) == 66
+
+
+@pytest.mark.parametrize("device, name", [
+    (H100_DEVICE, H100),
+    ("cuda:1 NVIDIA H200 : native", "NVIDIA H200"),
+    ("CUDA cuda:0: NVIDIA B200", "NVIDIA B200"),
+    ("cpu", "cpu"),
+    (H100, H100),
+])
+def test_gpu_name_from_comfyui_device_names(device, name):
+    assert estimates.gpu_name_from_device(device) == name
+
+
+# ------------------------------------------------------------------ estimates
+
+
+def test_measured_row(rows):
+    result = estimates.estimate(rows, _request())
+    assert result.status == "measured"
+    assert result.forwards == 80 and result.seconds == pytest.approx(80 * 11.99)
+    assert (result.peak_gib, result.peak_kind) == (21.6, "measured")
+    assert result.row["size"] == "720p" and result.row["precision"] == "fp8_e4m3fn_fast"
+    assert H100 in result.lines[1] and "measured" in result.lines[1] and "720p" in result.lines[1]
+    assert "16 min" in result.lines[0]
+    assert any("text encode and VAE decode not measured" in line for line in result.lines)
+
+
+def test_480p_peak_not_recorded_is_said_and_bounded(rows):
+    result = estimates.estimate(rows, _request(width=832, height=480))
+    assert result.status == "measured" and result.seconds == pytest.approx(80 * 3.19)
+    assert (result.peak_gib, result.peak_kind) == (21.6, "at most")
+    assert any("not recorded at 480p" in line for line in result.lines)
+    assert "≤ 21.6 GiB" in result.lines[0]
+
+
+def test_other_size_is_extrapolated_from_the_nearest_row(rows):
+    result = estimates.estimate(rows, _request(width=1280, height=720, frames=121, phases=[(1, 1.0)]))
+    assert result.status == "extrapolated"
+    assert result.row["size"] == "720p"
+    shape = estimates.model_shape("wan", "t2v-a14b")
+    expected = 11.99 * shape.time_scale(shape.tokens(1280, 720, 81), shape.tokens(1280, 720, 121))
+    assert result.seconds == pytest.approx(expected, abs=0.05)
+    ratio = 31 / 21
+    assert 11.99 * ratio < result.seconds < 11.99 * ratio * ratio  # between linear and quadratic
+    assert result.lines[1].startswith(f"{H100}: extrapolated from t2v-a14b fp8_e4m3fn_fast, compile off")
+    assert result.peak_kind == "at least"
+
+
+def test_no_measurement_for_another_gpu(rows):
+    result = estimates.estimate(rows, _request(gpu_device="cpu"))
+    assert result.status == "no_measurement" and result.seconds is None
+    assert result.lines == [f"No measurement for this GPU (cpu) with Wan 2.2 t2v-a14b (measured on: {H100})."]
+
+
+def test_unmeasured_precision_names_what_was_measured(rows):
+    result = estimates.estimate(rows, _request(precision="fp16"))
+    assert result.status == "no_measurement"
+    assert "precision fp16 (measured: bf16, fp8_e4m3fn_fast)" in result.lines[0]
+
+
+def test_unknown_variant_gives_no_numbers(rows):
+    result = estimates.estimate(rows, _request(variant=None))
+    assert result.status == "unknown_model" and result.seconds is None
+
+
+def test_i2v_uses_the_t2v_rows_and_says_so(rows):
+    result = estimates.estimate(rows, _request(variant="i2v-a14b"))
+    assert result.status == "measured" and result.seconds == pytest.approx(80 * 11.99)
+    assert any("i2v-a14b measured as t2v-a14b" in line for line in result.lines)
+
+
+def test_ti2v_has_no_rows_yet(rows):
+    result = estimates.estimate(rows, _request(variant="ti2v-5b", width=1280, height=704))
+    assert result.status == "no_measurement"
+
+
+def test_unmeasured_compile_mode_falls_back_and_says_so(rows):
+    only_off = [r for r in rows if r.compile == "off"]
+    result = estimates.estimate(only_off, _request(compile="regional"))
+    assert result.status == "measured" and result.seconds == pytest.approx(80 * 11.99)
+    assert any("compile regional not measured: using compile off" in line for line in result.lines)
+
+
+def test_variant_from_file_name_is_said(rows):
+    result = estimates.estimate(rows, _request(variant_source="file name"))
+    assert any("read from the file name" in line for line in result.lines)
+
+
+def test_optional_stage_times_and_weights(raw_rows):
+    row = dict(raw_rows[1], text_encode_s=2.0, vae_decode_s=4.0, load_s=90.0, weights_gib=13.0)  # bf16, off, 720p
+    assert row["size"] == "720p"
+    table = estimates.parse_rows([row])
+    result = estimates.estimate(table, _request(precision=row["precision"], compile=row["compile"]))
+    assert result.seconds == pytest.approx(80 * row["seconds_per_forward"] + 2.0 + 4.0)
+    assert not any("not measured: not included" in line for line in result.lines)
+    assert any("loads the model (~2 min)" in line for line in result.lines)
+    # another size: decode scales with tokens, peak memory extrapolates through the weights' share
+    small = estimates.estimate(table, _request(precision=row["precision"], compile=row["compile"], width=832,
+                                               height=480, phases=[(1, 1.0)]))
+    ratio = 32760 / 75600
+    shape = estimates.model_shape("wan", "t2v-a14b")
+    assert small.seconds == pytest.approx(row["seconds_per_forward"] * shape.time_scale(75600, 32760) + 2.0
+                                          + 4.0 * ratio, abs=0.05)
+    assert (small.peak_kind, small.peak_gib) == ("extrapolated", pytest.approx(13.0 + (row["peak_gib"] - 13.0) * ratio, abs=0.01))
+    both = estimates.estimate(table, _request(precision=row["precision"], compile=row["compile"],
+                                              two_experts_resident=True))
+    assert both.peak_gib == pytest.approx(row["peak_gib"] + 13.0)
+
+
+def test_estimate_json_is_serialisable(rows):
+    json.dumps(estimates.estimate(rows, _request()).to_json())
+
+
+def test_format_duration():
+    assert estimates.format_duration(42) == "42 s"
+    assert estimates.format_duration(959) == "16 min"
+    assert estimates.format_duration(2 * 3600 + 5 * 60) == "2 h 05 min"
