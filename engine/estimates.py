@@ -20,7 +20,9 @@ The table is one data file, `data/benchmarks.json`: a JSON list of rows, one per
 | optional `width`, `height` | int | the measured size when `size` is a label of another size table |
 | optional `weights_gib` | float | GPU memory of the loaded weights (lets peak memory be extrapolated) |
 
-bench.py's extra fields (`first_call_s`, `fraction_of_peak`, ...) may stay in a row; they are ignored.
+bench.py's extra fields (`first_call_s`, `fraction_of_peak`, `model`, ...) may stay in a row; they are ignored.
+Rows with an `implementation` other than "reelsmith" (bench.py --comfyui: ComfyUI's native model timed in the
+same run) are skipped: the estimates are for Reelsmith's samplers.
 
 How an estimate is made, for a GPU (the name in ComfyUI's `/system_stats`), a model variant, a precision and
 compile mode, a size, a frame count and the guidance of each step:
@@ -103,6 +105,8 @@ def parse_rows(data, source: str = "benchmark table") -> list[BenchmarkRow]:
         where = f"{source}, row {index}"
         if not isinstance(item, dict):
             raise InvalidInputError(f"{where}: expected an object, found {type(item).__name__}.")
+        if item.get("implementation", "reelsmith") != "reelsmith":
+            continue  # a peer measured beside ours (ComfyUI's native model): kept for the README, not estimated
         for name, kind in REQUIRED_FIELDS.items():
             value = item.get(name)
             if value is None or isinstance(value, bool) or not isinstance(value, kind):

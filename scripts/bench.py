@@ -29,6 +29,9 @@ import time
 import traceback
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from pack_import import import_engine_only  # noqa: E402
+
+import_engine_only()  # `reelsmith.engine` without the ComfyUI node layer
 from bench_models import DEFAULT_FRAMES, Workload  # noqa: E402
 
 MODELS = {"t2v-a14b": ("wan", "t2v-a14b"), "i2v-a14b": ("wan", "i2v-a14b"), "ti2v-5b": ("wan", "ti2v-5b"),
@@ -101,8 +104,9 @@ def forward_row(facts, name, workload, implementation, precision, attention, com
                 notes="") -> dict:
     tflops = workload.forward_flops() / seconds / 1e12
     peak_tflops = dense_peak(facts["gpu"], precision)
-    return dict(facts, model_family=workload.family, variant=name, size=workload.size, frames=workload.frames,
-                implementation=implementation, precision=precision, attention=attention, compile=compile_mode,
+    width, height = workload.pixels
+    return dict(facts, model_family=workload.family, variant=workload.variant, model=name, size=workload.size,
+                width=width, height=height, frames=workload.frames, implementation=implementation, precision=precision, attention=attention, compile=compile_mode,
                 seconds_per_forward=round(seconds, 3), first_call_s=round(first, 1), tflops=round(tflops, 1),
                 fraction_of_peak=round(tflops / peak_tflops, 3) if peak_tflops else None,
                 peak_gib=round(peak, 2), tokens=workload.tokens(),
@@ -187,8 +191,8 @@ def run_components(args, facts, device) -> list[dict]:
             workload = Workload(family, variant, size, args.frames or DEFAULT_FRAMES[family])
             try:
                 seconds, _, peak = time_call(build_vae_decode(workload, device), max(1, args.repeats - 1))
-                rows.append(dict(facts, model_family=family, variant=name, size=size, frames=workload.frames,
-                                 component="vae_decode", seconds=round(seconds, 3), peak_gib=round(peak, 2)))
+                rows.append(dict(facts, model_family=family, variant=variant, model=name, size=size,
+                                 frames=workload.frames, component="vae_decode", seconds=round(seconds, 3), peak_gib=round(peak, 2)))
                 print(json.dumps(rows[-1]), flush=True)
             except Exception as error:
                 print(f"# {name} {size} VAE decode failed: {error}", flush=True)
@@ -201,14 +205,14 @@ def clip_estimates(rows: list[dict]) -> list[dict]:
     out = []
     forwards = [r for r in rows if r.get("implementation") == "reelsmith"]
     for name, (steps, per_step) in CLIP_RECIPES.items():
-        for size in sorted({r["size"] for r in forwards if r["variant"] == name}):
-            best = min((r for r in forwards if r["variant"] == name and r["size"] == size),
+        for size in sorted({r["size"] for r in forwards if r["model"] == name}):
+            best = min((r for r in forwards if r["model"] == name and r["size"] == size),
                        key=lambda r: r["seconds_per_forward"])
             text = next((r["seconds"] for r in rows if r.get("component") == "text_encode"
                          and r["model_family"] == best["model_family"]), None)
             decode = next((r["seconds"] for r in rows if r.get("component") == "vae_decode"
                            and r["model_family"] == best["model_family"] and r["size"] == size
-                           and (r["variant"] == name or best["model_family"] == "ltx")), None)
+                           and (r["model"] == name or best["model_family"] == "ltx")), None)
             total = steps * per_step * best["seconds_per_forward"] + (text or 0) + (decode or 0)
             out.append(dict(variant=name, size=size, steps=steps, forwards_per_step=per_step,
                             path=f"{best['precision']}/{best['attention']}/{best['compile']}",
@@ -224,16 +228,16 @@ def markdown(rows: list[dict], clips: list[dict], facts: dict) -> str:
     forwards = [r for r in rows if "seconds_per_forward" in r]
     for r in forwards:
         native = next((p["seconds_per_forward"] for p in forwards if p["implementation"] == "comfyui-native"
-                       and p["precision"] == "fp8_e4m3fn_fast" and p["variant"] == r["variant"]
+                       and p["precision"] == "fp8_e4m3fn_fast" and p["model"] == r["model"]
                        and p["size"] == r["size"]), None)
         ratio = f"{native / r['seconds_per_forward']:.2f}x" if native else "-"
-        lines.append(f"| {r['variant']} | {r['size']} | {r['implementation']} | {r['precision']} | {r['attention']} | "
+        lines.append(f"| {r['model']} | {r['size']} | {r['implementation']} | {r['precision']} | {r['attention']} | "
                      f"{r['compile']} | {r['seconds_per_forward']} | {r['tflops']} | {r['fraction_of_peak']} | "
                      f"{r['peak_gib']} | {ratio} |")
     components = [r for r in rows if "component" in r]
     if components:
         lines += ["", "| component | family / model | size | seconds | peak GiB |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['component']} | {r.get('variant', r['model_family'])} | {r.get('size', '-')} | "
+        lines += [f"| {r['component']} | {r.get('model', r['model_family'])} | {r.get('size', '-')} | "
                   f"{r['seconds']} | {r['peak_gib']} |" for r in components]
     if clips:
         lines += ["", "| whole clip (estimate) | size | steps x forwards | path | text s | decode s | total s |",
@@ -243,11 +247,31 @@ def markdown(rows: list[dict], clips: list[dict], facts: dict) -> str:
     return "\n".join(lines)
 
 
+def table_rows(rows: list[dict]) -> list[dict]:
+    """The forward rows as the table keeps them (engine/estimates.py's schema): a run's text-encode and
+    VAE-decode times ride on the forward rows of the same family and size (the VAE of the same model)."""
+    out = []
+    for row in (r for r in rows if "seconds_per_forward" in r):
+        row = dict(row)
+        text = next((c for c in rows if c.get("component") == "text_encode"
+                     and c["model_family"] == row["model_family"]), None)
+        decode = next((c for c in rows if c.get("component") == "vae_decode" and c["size"] == row["size"]
+                       and c["model_family"] == row["model_family"]
+                       and (c["variant"] == row["variant"] or row["model_family"] == "ltx")), None)
+        if text:
+            row["text_encode_s"] = text["seconds"]
+        if decode:
+            row["vae_decode_s"] = decode["seconds"]
+        out.append(row)
+    return out
+
+
 def merge_into_table(table: pathlib.Path, rows: list[dict]) -> None:
     """Replace the table's rows measured on the same GPU for the same thing, append the rest."""
-    def key(r):
-        return tuple(r.get(k) for k in ("gpu", "model_family", "variant", "size", "frames", "implementation",
-                                        "precision", "attention", "compile", "component"))
+    def key(r):  # rows without `implementation` are Reelsmith's (the table's first rows predate the field)
+        return tuple(r.get(k, "reelsmith" if k == "implementation" else None)
+                     for k in ("gpu", "model_family", "variant", "size", "frames", "implementation",
+                               "precision", "attention", "compile"))
 
     existing = json.loads(table.read_text()) if table.is_file() else []
     if isinstance(existing, dict):  # a table with a header object keeps it
@@ -284,9 +308,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench.py needs a CUDA GPU.", file=sys.stderr)
         return 2
-    from pack_import import import_engine_only
-
-    import_engine_only()
     device = torch.device("cuda")
     facts = gpu_facts()
     rows = [] if args.no_forward else run_forwards(args, facts, device)
@@ -295,7 +316,7 @@ def main(argv=None) -> int:
     clips = clip_estimates(rows)
     args.out.write_text(json.dumps({"rows": rows, "clip_estimates": clips}, indent=2))
     if args.table:
-        merge_into_table(args.table, rows)
+        merge_into_table(args.table, table_rows(rows))
     print("\n" + markdown(rows, clips, facts))
     return 0
 

@@ -11,10 +11,11 @@ import dataclasses
 
 import torch
 
+from reelsmith.engine.estimates import TEXT_TOKENS
+
 WAN_SIZES = {"480p": (832, 480), "720p": (1280, 720)}
 SIZES_32 = {"480p": (832, 480), "720p": (1280, 704)}  # LTX and Wan TI2V-5B sizes are multiples of 32
 DEFAULT_FRAMES = {"wan": 81, "ltx": 97}
-TEXT_TOKENS = {"wan": 512, "ltx": 128}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,35 +46,22 @@ class Workload:
             return (1, config["in_channels"], (self.frames - 1) // 4 + 1, height // stride, width // stride)
         return (1, config["in_channels"], (self.frames - 1) // 8 + 1, height // 32, width // 32)
 
-    def tokens(self) -> int:
-        _, _, t, h, w = self.latent_shape()
-        return t * h * w // (4 if self.family == "wan" else 1)  # Wan patchifies 1x2x2; LTX's VAE already did
+    def shape(self):
+        """Token count and FLOP split: one definition, engine/estimates.py's (the editor's estimates use it)."""
+        from reelsmith.engine.estimates import model_shape
 
-    def dims(self) -> tuple[int, int, int]:
-        """(model width, FFN width, blocks)."""
-        c = self.config()
-        width = c["num_attention_heads"] * c["attention_head_dim"]
-        ffn = c.get("ffn_dim", 4 * width)
-        return width, ffn, c["num_layers"]
+        return model_shape(self.family, self.variant)
+
+    def tokens(self) -> int:
+        return self.shape().tokens(*self.pixels, self.frames)
 
     def forward_flops(self) -> float:
-        """Matmul FLOPs of one forward (2 per multiply-add): self-attention projections and scores,
-        cross-attention to the text, and the FFN of every block. Both families have this block shape."""
-        dim, ffn, blocks = self.dims()
-        tokens, text = self.tokens(), TEXT_TOKENS[self.family]
-        per_block = (
-            2 * tokens * dim * dim * 4            # self-attention q, k, v, o
-            + 2 * 2 * tokens * tokens * dim       # self-attention scores and values
-            + 2 * tokens * dim * dim * 2          # cross-attention q, o
-            + 2 * text * dim * dim * 2            # cross-attention k, v
-            + 2 * 2 * tokens * text * dim         # cross-attention scores and values
-            + 2 * tokens * dim * ffn * 2          # FFN up and down
-        )
-        return per_block * blocks
+        """Matmul FLOPs of one forward (2 per multiply-add)."""
+        return sum(self.shape().forward_flops(self.tokens()))
 
     def attention_share(self) -> float:
-        dim, _, blocks = self.dims()
-        return 4 * self.tokens() ** 2 * dim * blocks / self.forward_flops()
+        attention, rest = self.shape().forward_flops(self.tokens())
+        return attention / (attention + rest)
 
 
 def randomise_on_gpu(model: torch.nn.Module, device: torch.device, dtype=torch.bfloat16) -> torch.nn.Module:

@@ -12,7 +12,8 @@ import sys
 
 import torch
 
-from bench_models import TEXT_TOKENS, Workload
+from bench_models import Workload
+from reelsmith.engine.estimates import TEXT_TOKENS
 
 PEER_PRECISIONS = ("bf16", "fp8_e4m3fn_fast")
 

@@ -14,6 +14,9 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from pack_import import import_engine_only  # noqa: E402
+
+import_engine_only()  # `reelsmith.engine` without the ComfyUI node layer
 from bench import MODELS, parse_path  # noqa: E402
 from bench_models import DEFAULT_FRAMES, Workload  # noqa: E402
 
@@ -55,12 +58,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from pack_import import import_engine_only
 
     if not torch.cuda.is_available():
         print("profile_forward.py needs a CUDA GPU.", file=sys.stderr)
         return 2
-    import_engine_only()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = torch.device("cuda")
     family, variant = MODELS[args.model]

@@ -26,7 +26,8 @@ def test_wan_720p_tokens_and_attention_share_match_the_measured_facts():
 def test_ltx_and_ti2v_shapes():
     ltx = Workload("ltx", "13b", "720p", 97)
     assert ltx.latent_shape() == (1, 128, 13, 22, 40) and ltx.tokens() == 11440  # DESIGN.md: 11,440 tokens
-    assert ltx.dims() == (4096, 16384, 48)
+    shape = ltx.shape()
+    assert (shape.dim, shape.ffn_dim, shape.layers) == (4096, 16384, 48)
     ti2v = Workload("wan", "ti2v-5b", "720p", 121)
     assert ti2v.latent_shape() == (1, 48, 31, 44, 80)  # 1280x704: TI2V-5B sizes are multiples of 32
 
