@@ -208,7 +208,7 @@ def _missing_in(message: str) -> list[str]:
     return [line.strip()[2:].split(" — ")[0] for line in message.splitlines() if line.startswith("  - ")]
 
 
-def _variant_from_names(family: str, names) -> str | None:
+def variant_from_names(family: str, names) -> str | None:
     """What file or folder names suggest, for the editor's estimate while the files are missing (loading
     always reads the variant from the weights)."""
     text = " ".join(n for n in names if n).lower()
@@ -270,7 +270,7 @@ def loader_status(node_type: str, widgets: dict, listed_models=(), models_dir: s
             preferred = download_commands(absent, models_dir, listed)
             if preferred:
                 commands, alternatives = preferred, [c for c in commands if c not in preferred]
-        return {"ok": False, "family": family, "variant": _variant_from_names(family, names),
+        return {"ok": False, "family": family, "variant": variant_from_names(family, names),
                 "variant_source": "file name", "message": message, "missing": missing, "commands": commands,
                 "alternatives": alternatives}
     except TypeError as error:  # widget values of another pack version
@@ -280,7 +280,7 @@ def loader_status(node_type: str, widgets: dict, listed_models=(), models_dir: s
     try:
         variant, source = _variant_from_weights(family, files), "weights"
     except (ReelsmithError, OSError) as error:
-        variant, source = _variant_from_names(family, names), "file name"
+        variant, source = variant_from_names(family, names), "file name"
         log.info("Reelsmith: variant of %s not read from the weights: %s", node_type, error)
     return {"ok": True, "family": family, "variant": variant, "variant_source": source,
             "message": f"All files present ({files.layout}: {files.label}).", "missing": [], "commands": [],
