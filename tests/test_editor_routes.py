@@ -2,6 +2,7 @@
 sampler's widgets, and the thin aiohttp routes, on tiny models written at test time."""
 
 import asyncio
+import concurrent.futures
 import shutil
 import sys
 import types
@@ -275,7 +276,10 @@ def test_routes_answer_through_a_prompt_server(monkeypatch):
             return rules, estimate.status, await estimate.json(), bad.status, await bad.json(), not_json.status, \
                 status.status, await status.json(), outside.status
 
-    rules, code, estimate, bad_code, bad, not_json_code, status_code, status, outside_code = asyncio.run(exercise())
+    # a thread of its own: a browser test's Playwright may leave an event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(asyncio.run, exercise()).result()
+    rules, code, estimate, bad_code, bad, not_json_code, status_code, status, outside_code = answers
     assert outside_code == 400
     assert rules == routes.sampler_rules()
     assert code == 200 and estimate["status"] == "measured"
