@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from ..errors import BackendUnavailableError, InvalidInputError
-from .attention_fp8_quant import QuantisedQKV, kernels_interpreted, logical_strides, quantise_qkv, to_e4m3
+from .attention_fp8_quant import (QuantisedQKV, add_combine, kernels_interpreted, logical_strides, max_combine,
+                                  quantise_qkv, to_e4m3)
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,10 @@ def _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_b
     t = qk * k_scales[None, :]  # score / q_scale, in base-2 units
     if MASK_TAIL:
         t = tl.where((cols < S)[None, :], t, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(t, axis=1) * q_scales)  # q_scales > 0
+    new_max = tl.maximum(row_max, tl.reduce(t, 1, max_combine) * q_scales)  # q_scales > 0
     alpha = tl.math.exp2(row_max - new_max)
     p = tl.math.exp2(t * q_scales[:, None] - new_max[:, None])
-    row_sum = row_sum * alpha + tl.sum(p, axis=1)
+    row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
     acc = acc * alpha[:, None]
     v = tl.load(v_base + offs_d[:, None] * S_pad + cols[None, :])  # [D, BLOCK_N], tokens contiguous
     p8 = to_e4m3(p * 448.0, ROUND_FIRST)
@@ -118,8 +119,8 @@ def _fp8_attention_kernel(q_ptr, k_ptr, v_ptr, q_scales_ptr, k_scales_ptr, v_sca
     k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
     full_blocks = S // BLOCK_N
     for block in range(0, full_blocks):
         acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_base,

@@ -58,6 +58,24 @@ def logical_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+# Reductions are tl.reduce with the combine functions tl.sum / tl.max use (the same IR) rather than tl.sum /
+# tl.max themselves: those are @triton.jit functions of Triton's library, which the CPU interpreter runs only
+# when TRITON_INTERPRET was set before Triton was first imported (in a test process diffusers imports it
+# first), while it reduces with its numpy fast path whenever the combine function is one of these two.
+add_combine = getattr(tl.standard, "_sum_combine", _add)
+max_combine = getattr(tl.standard, "_elementwise_max", _maximum)
+
+
+@triton.jit
 def to_e4m3(x, ROUND_FIRST: tl.constexpr):
     """fp32 -> float8_e4m3fn, round to nearest even. With ROUND_FIRST the value is first rounded onto the
     e4m3 grid in fp32 arithmetic (so the cast is exact): Triton's CPU interpreter (3.9) drops the carry
@@ -83,9 +101,9 @@ def _k_sums_v_absmax_kernel(k_ptr, v_ptr, k_sums_ptr, v_absmax_ptr, S, H, n_chun
     cols = tl.arange(0, D)
     valid = (rows < S)[:, None]
     k = tl.load(k_ptr + b * skb + h * skh + rows[:, None] * sks + cols[None, :] * skd, mask=valid, other=0.0)
-    tl.store(k_sums_ptr + (bh * n_chunks + chunk) * D + cols, tl.sum(k.to(tl.float32), axis=0))
+    tl.store(k_sums_ptr + (bh * n_chunks + chunk) * D + cols, tl.reduce(k.to(tl.float32), 0, add_combine))
     v = tl.load(v_ptr + b * svb + h * svh + rows[:, None] * svs + cols[None, :] * svd, mask=valid, other=0.0)
-    tl.atomic_max(v_absmax_ptr + bh * D + cols, tl.max(tl.abs(v.to(tl.float32)), axis=0))
+    tl.atomic_max(v_absmax_ptr + bh * D + cols, tl.reduce(tl.abs(v.to(tl.float32)), 0, max_combine))
 
 
 @triton.jit
@@ -93,7 +111,7 @@ def _quantise_groups(x, GROUP: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexp
                      TO_INT8: tl.constexpr, ROUND_FIRST: tl.constexpr):
     """x [CHUNK, D] fp32 -> (quantised [CHUNK, D], scales [CHUNK // GROUP])."""
     grouped = tl.reshape(x, [CHUNK // GROUP, GROUP, D])
-    scales = tl.maximum(tl.max(tl.max(tl.abs(grouped), axis=2), axis=1), 1e-12) / TOP
+    scales = tl.maximum(tl.reduce(tl.reduce(tl.abs(grouped), 2, max_combine), 1, max_combine), 1e-12) / TOP
     scaled = tl.reshape(grouped / scales[:, None, None], [CHUNK, D])
     if TO_INT8:
         values = tl.where(scaled >= 0, scaled + 0.5, scaled - 0.5).to(tl.int8)  # cast truncates toward zero
