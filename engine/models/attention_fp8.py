@@ -12,8 +12,8 @@ Entry points:
 - `fp8_attention_op`: the same as a torch custom op (`reelsmith::fp8_attention`), so torch.compile keeps a
   block that calls it in one graph.
 - `FP8_ATTENTION_CONFIGS`: named meta-parameter sets (BLOCK_M, BLOCK_N, warps, stages, how often the FP8
-  P.V accumulation is promoted to full fp32), `config="autotune"` lets Triton time them all at the first
-  call of each shape.
+  P.V accumulation is promoted to full fp32), `config="autotune"` lets Triton time the block-promoting ones
+  at the first call of each shape.
 
 Only the GPU can verify speed, compilation for sm_90 (wgmma with INT8 / FP8 operands) and the Hopper FP8
 accumulator's reduced precision; the math runs on CPU in Triton's interpreter (TRITON_INTERPRET=1, which
@@ -143,12 +143,14 @@ _autotuned_kernel = None
 
 
 def _autotuned():
-    """The kernel wrapped in triton.autotune over every named config (built on first use)."""
+    """The kernel wrapped in triton.autotune over the named configs that promote the P.V accumulation every
+    key block (the '-fastacc' ones are less accurate: autotuning must not trade accuracy for speed unasked).
+    Built on first use."""
     global _autotuned_kernel
     if _autotuned_kernel is None:
         configs = [triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "PV_PROMOTE": c.pv_promote},
                                  num_warps=c.num_warps, num_stages=c.num_stages)
-                   for c in FP8_ATTENTION_CONFIGS.values()]
+                   for c in FP8_ATTENTION_CONFIGS.values() if c.pv_promote == c.block_n]
         _autotuned_kernel = triton.autotune(configs=configs, key=["S", "D", "QK_INT8"])(_fp8_attention_kernel)
     return _autotuned_kernel
 
