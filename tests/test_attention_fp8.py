@@ -168,13 +168,14 @@ def test_kernel_matches_reference_and_exact(dim, layout, qk_dtype):
 
 
 @needs_kernel
-def test_kernel_takes_strided_views_and_other_configs():
+@pytest.mark.parametrize("config", ["m64n128w4s3", "m128n64w4s3-tma", "m128n64w8s3-fastacc"])
+def test_kernel_takes_strided_views_and_other_configs(config):
     q, k, v = layer_inputs(tokens=70)
     packed = torch.stack((q, k, v), dim=2)  # [B, S, 3, H, D]: q, k, v become strided views
     qv, kv, vv = packed.unbind(2)
     assert not qv.is_contiguous()
-    reference = fp8_attention_reference(q, k, v, block_n=128)
-    out = kernel.fp8_attention(qv, kv, vv, "bshd", config="m64n128w4s3")
+    reference = fp8_attention_reference(q, k, v, block_n=kernel.FP8_ATTENTION_CONFIGS[config].block_n)
+    out = kernel.fp8_attention(qv, kv, vv, "bshd", config=config)
     assert (out.float() - reference.float()).abs().max() <= 0.02
 
 

@@ -2,9 +2,9 @@
 
 Choices (`ATTENTION_BACKENDS`): `auto`, `sdpa` (PyTorch scaled_dot_product_attention, its own kernel
 choice), `cudnn` (PyTorch SDPA restricted to the cuDNN kernel), `sage` (SageAttention, `pip install
-sageattention`), `flash3` (FlashAttention-3, Hopper only, module `flash_attn_interface`), `fp8` (our INT8-QK / FP8-PV Triton
-kernel for Hopper, attention_fp8.py, on the self-attention of Wan and LTX-Video only; cross-attention stays on
-PyTorch SDPA; see attention_fp8_processors.py).
+sageattention`), `flash3` (FlashAttention-3, Hopper only, module `flash_attn_interface`), `fp8` (our
+INT8-QK / FP8-PV Triton kernel for Hopper, attention_fp8.py, on the self-attention of Wan and LTX-Video only;
+cross-attention stays on PyTorch SDPA; see attention_fp8_processors.py).
 
 The backend is set on each attention processor of the model (`processor._attention_backend`), never on
 diffusers' process-wide default: `ModelMixin.set_attention_backend` also changes that default and
@@ -126,8 +126,8 @@ def resolve_attention_backend(choice: str, device) -> str:
 
     `auto` picks cuDNN on Hopper GPUs (measured on an H200 at 720p, one Wan layer: cuDNN 208 ms,
     SageAttention-1 260 ms, PyTorch flash 330 ms) and 'sdpa' everywhere else; it never picks 'fp8', which
-    changes the output (quantised attention) and stays an explicit choice until it is measured. An explicit choice that
-    cannot run here raises BackendUnavailableError saying what to install or which GPU it needs.
+    changes the output (quantised attention) and stays an explicit choice until it is measured. An explicit
+    choice that cannot run here raises BackendUnavailableError saying what to install or which GPU it needs.
     """
     if choice not in ATTENTION_BACKENDS:
         raise InvalidInputError(

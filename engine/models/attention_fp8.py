@@ -42,28 +42,36 @@ class Fp8AttentionConfig:
     # K-elements the Hopper FP8 MMA accumulates at its reduced internal precision before the partial sum is
     # added to the fp32 accumulator (SageAttention-2's two-level accumulation); 0 = never promote (fastest).
     pv_promote: int
+    # 'pointer': plain tl.load of computed addresses; 'tma': tensor descriptors (Hopper's TMA engine loads
+    # the blocks into shared memory, freeing registers and threads)
+    loads: str = "pointer"
 
     @property
     def name(self) -> str:
         promote = "" if self.pv_promote == self.block_n else ("-fastacc" if self.pv_promote == 0 else
                                                               f"-acc{self.pv_promote}")
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}"
+        loads = "" if self.loads == "pointer" else f"-{self.loads}"
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}"
 
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
-    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote) for m, n, w, s, promote in specs]
+    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads)
+               for m, n, w, s, promote, loads in specs]
     return {c.name: c for c in configs}
 
 
 FP8_ATTENTION_CONFIGS = _configs(
-    (128, 64, 4, 3, None),
-    (128, 64, 8, 3, None),
-    (128, 64, 8, 4, None),
-    (128, 128, 8, 2, None),
-    (128, 128, 8, 3, None),
-    (64, 128, 4, 3, None),
-    (128, 128, 8, 3, 0),
-    (128, 64, 8, 3, 0),
+    (128, 64, 4, 3, None, "pointer"),
+    (128, 64, 8, 3, None, "pointer"),
+    (128, 64, 8, 4, None, "pointer"),
+    (128, 128, 8, 2, None, "pointer"),
+    (128, 128, 8, 3, None, "pointer"),
+    (64, 128, 4, 3, None, "pointer"),
+    (128, 64, 4, 3, None, "tma"),
+    (128, 64, 8, 3, None, "tma"),
+    (128, 128, 8, 3, None, "tma"),
+    (128, 128, 8, 3, 0, "pointer"),
+    (128, 64, 8, 3, 0, "pointer"),
 )
 # Until the lead's sweep on an H200 says otherwise: the block shape of the Triton tutorial's Hopper FP8
 # attention for D=128, a smaller key block for D=64.
@@ -72,11 +80,19 @@ CONFIG_CHOICES = ("default", "autotune", *FP8_ATTENTION_CONFIGS)
 
 
 @triton.jit
-def _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_base, start_n, S, S_pad,
+def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base, start_n, S, S_pad, bh,
                   offs_n, offs_d, D: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
-                  PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr, MASK_TAIL: tl.constexpr):
+                  PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr,
+                  MASK_TAIL: tl.constexpr):
     cols = start_n + offs_n
-    k = tl.load(k_base + cols[:, None] * D + offs_d[None, :])  # [BLOCK_N, D], D contiguous (K-major)
+    # K [BLOCK_N, D] with D contiguous (K-major for Q.K^T); V^T [D, BLOCK_N] with tokens contiguous (K-major
+    # for P.V: Hopper's FP8 MMA wants both operands K-major)
+    if USE_TMA:
+        k = k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
+        v = v_src.load([(bh * D).to(tl.int32), start_n])
+    else:
+        k = tl.load(k_src + bh * S_pad * D + cols[:, None] * D + offs_d[None, :])
+        v = tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + cols[None, :])
     k_scales = tl.load(k_scales_base + cols // K_GROUP)
     if QK_INT8:
         qk = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
@@ -90,7 +106,6 @@ def _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_b
     p = tl.math.exp2(t * q_scales[:, None] - new_max[:, None])
     row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
     acc = acc * alpha[:, None]
-    v = tl.load(v_base + offs_d[:, None] * S_pad + cols[None, :])  # [D, BLOCK_N], tokens contiguous
     p8 = to_e4m3(p * 448.0, ROUND_FIRST)
     if PV_PROMOTE > 0:
         acc = tl.dot(p8, tl.trans(v), acc, max_num_imprecise_acc=PV_PROMOTE)
@@ -100,11 +115,13 @@ def _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_b
 
 
 @triton.jit
-def _fp8_attention_kernel(q_ptr, k_ptr, v_ptr, q_scales_ptr, k_scales_ptr, v_scales_ptr, out_ptr,
+def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, out_ptr,
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
-                          ROUND_FIRST: tl.constexpr):
+                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr):
+    """q_src, k_src, v_src: the quantised buffers, as pointers or (USE_TMA) as 2-d tensor descriptors over
+    [B*H*S_pad, D], [B*H*S_pad, D] and [B*H*D, S_pad] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]."""
     start_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -112,10 +129,11 @@ def _fp8_attention_kernel(q_ptr, k_ptr, v_ptr, q_scales_ptr, k_scales_ptr, v_sca
     offs_d = tl.arange(0, D)
 
     # buffers are zero-padded to S_pad tokens: no load needs a mask
-    q = tl.load(q_ptr + bh * S_pad * D + offs_m[:, None] * D + offs_d[None, :])
+    if USE_TMA:
+        q = q_src.load([(bh * S_pad + start_m * BLOCK_M).to(tl.int32), 0])
+    else:
+        q = tl.load(q_src + bh * S_pad * D + offs_m[:, None] * D + offs_d[None, :])
     q_scales = tl.load(q_scales_ptr + bh * (S_pad // Q_GROUP) + offs_m // Q_GROUP)
-    k_base = k_ptr + bh * S_pad * D
-    v_base = v_ptr + bh * D * S_pad
     k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -123,13 +141,13 @@ def _fp8_attention_kernel(q_ptr, k_ptr, v_ptr, q_scales_ptr, k_scales_ptr, v_sca
     acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
     full_blocks = S // BLOCK_N
     for block in range(0, full_blocks):
-        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_base,
-                                              block * BLOCK_N, S, S_pad, offs_n, offs_d, D, K_GROUP, QK_INT8,
-                                              PV_PROMOTE, ROUND_FIRST, False)
+        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
+                                              block * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP, QK_INT8,
+                                              PV_PROMOTE, ROUND_FIRST, USE_TMA, False)
     if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
-        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_base, v_base, k_scales_base,
-                                              full_blocks * BLOCK_N, S, S_pad, offs_n, offs_d, D, K_GROUP,
-                                              QK_INT8, PV_PROMOTE, ROUND_FIRST, True)
+        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
+                                              full_blocks * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP,
+                                              QK_INT8, PV_PROMOTE, ROUND_FIRST, USE_TMA, True)
 
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
     out = acc * (v_scales / 448.0)[None, :] / row_sum[:, None]
@@ -143,14 +161,14 @@ _autotuned_kernel = None
 
 
 def _autotuned():
-    """The kernel wrapped in triton.autotune over the named configs that promote the P.V accumulation every
-    key block (the '-fastacc' ones are less accurate: autotuning must not trade accuracy for speed unasked).
-    Built on first use."""
+    """The kernel wrapped in triton.autotune over the named pointer-load configs that promote the P.V
+    accumulation every key block (the '-fastacc' ones are less accurate: autotuning must not trade accuracy
+    for speed unasked; the '-tma' ones need descriptors built for their block shapes). Built on first use."""
     global _autotuned_kernel
     if _autotuned_kernel is None:
         configs = [triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "PV_PROMOTE": c.pv_promote},
                                  num_warps=c.num_warps, num_stages=c.num_stages)
-                   for c in FP8_ATTENTION_CONFIGS.values() if c.pv_promote == c.block_n]
+                   for c in FP8_ATTENTION_CONFIGS.values() if c.pv_promote == c.block_n and c.loads == "pointer"]
         _autotuned_kernel = triton.autotune(configs=configs, key=["S", "D", "QK_INT8"])(_fp8_attention_kernel)
     return _autotuned_kernel
 
@@ -166,24 +184,41 @@ def resolve_config(config: str | Fp8AttentionConfig, head_dim: int) -> Fp8Attent
     return FP8_ATTENTION_CONFIGS[config]
 
 
+def _descriptors(qkv: QuantisedQKV, config: Fp8AttentionConfig):
+    """Host-side tensor descriptors of the quantised buffers as 2-d arrays, blocks of the config's shape."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dim = qkv.q.shape[-1]
+    rows = qkv.batch * qkv.heads * qkv.padded
+    q = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [config.block_m, dim])
+    k = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [config.block_n, dim])
+    v_t = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
+                           [dim, config.block_n])
+    return q, k, v_t
+
+
 def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
                      config: str | Fp8AttentionConfig = "default") -> torch.Tensor:
     """Run the attention kernel on quantised inputs, writing into `out` (the input's shape and layout)."""
     dim = qkv.q.shape[-1]
     chosen = resolve_config(config, dim)
     strides = logical_strides(out, layout)
-    arguments = (qkv.q, qkv.k, qkv.v_t, qkv.q_scales, qkv.k_scales, qkv.v_scales, out,
-                 qkv.tokens, qkv.padded, qkv.heads, *strides)
+    sources = (qkv.q, qkv.k, qkv.v_t)
+    if chosen != "autotune" and chosen.loads == "tma":
+        sources = _descriptors(qkv, chosen)
+    arguments = (*sources, qkv.q_scales, qkv.k_scales, qkv.v_scales, out, qkv.tokens, qkv.padded, qkv.heads,
+                 *strides)
     constants = dict(D=dim, Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, QK_INT8=qkv.qk_dtype == "int8",
                      ROUND_FIRST=kernels_interpreted())
     rows = qkv.batch * qkv.heads
     if chosen == "autotune":
-        _autotuned()[lambda meta: (triton.cdiv(qkv.tokens, meta["BLOCK_M"]), rows)](*arguments, **constants)
+        _autotuned()[lambda meta: (triton.cdiv(qkv.tokens, meta["BLOCK_M"]), rows)](
+            *arguments, **constants, USE_TMA=False)
     else:
         grid = (triton.cdiv(qkv.tokens, chosen.block_m), rows)
         _fp8_attention_kernel[grid](*arguments, **constants, BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n,
-                                    PV_PROMOTE=chosen.pv_promote, num_warps=chosen.num_warps,
-                                    num_stages=chosen.num_stages)
+                                    PV_PROMOTE=chosen.pv_promote, USE_TMA=chosen.loads == "tma",
+                                    num_warps=chosen.num_warps, num_stages=chosen.num_stages)
     return out
 
 
