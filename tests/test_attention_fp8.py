@@ -361,3 +361,20 @@ def test_kernel_backend_on_cpu_without_the_interpreter_fails_clearly(monkeypatch
     monkeypatch.setattr(kernel, "kernels_interpreted", lambda: False)
     with pytest.raises(BackendUnavailableError, match="'sdpa'"):
         run_wan(model)
+
+
+@needs_kernel
+def test_compiled_blocks_keep_the_kernel_in_one_graph(default_backend):
+    """The kernel is a torch custom op: regional compile with fullgraph=True traces through it (eager backend
+    here, inductor on the GPU)."""
+    model, untouched = tiny_wan(), tiny_wan()
+    apply_attention_backend(model, "fp8")
+    eager = run_wan(model)
+    for block in model.blocks:
+        block.compile(backend="eager", fullgraph=True)
+    try:
+        compiled = run_wan(model)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(compiled, eager)
+    assert cosine(compiled, run_wan(untouched)) >= 0.995
