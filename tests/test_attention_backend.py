@@ -41,7 +41,8 @@ def default_backend():
 
 
 def test_choices_and_diffusers_names_exist():
-    assert ATTENTION_BACKENDS == ("auto", "sdpa", "cudnn", "sage", "flash3")
+    assert ATTENTION_BACKENDS == ("auto", "sdpa", "cudnn", "sage", "flash3", "fp8")
+    assert set(attention.DIFFUSERS_BACKEND_NAMES) == set(ATTENTION_BACKENDS) - {"auto", "fp8"}  # fp8 is ours
     for name in attention.DIFFUSERS_BACKEND_NAMES.values():
         AttentionBackendName(name)  # raises ValueError if diffusers renamed it
         assert AttentionBackendName(name) in _AttentionBackendRegistry._backends
@@ -53,7 +54,8 @@ def test_cpu_has_sdpa_only():
     assert resolve_attention_backend("sdpa", CPU) == "sdpa"
 
 
-@pytest.mark.parametrize("choice, hint", [("cudnn", "NVIDIA"), ("sage", "NVIDIA"), ("flash3", "Hopper")])
+@pytest.mark.parametrize("choice, hint", [("cudnn", "NVIDIA"), ("sage", "NVIDIA"), ("flash3", "Hopper"),
+                                          ("fp8", "Hopper")])
 def test_unavailable_choice_says_why(choice, hint):
     with pytest.raises(BackendUnavailableError, match=hint):
         resolve_attention_backend(choice, CPU)
@@ -66,11 +68,12 @@ def test_unknown_choice_is_refused():
         apply_attention_backend(tiny_wan(), "flash")
 
 
-def _pretend_gpu(monkeypatch, capability, sage=False, flash3=False):
+def _pretend_gpu(monkeypatch, capability, sage=False, flash3=False, triton=False):
     monkeypatch.setattr(attention, "_capability", lambda device: capability if device.type == "cuda" else None)
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
     monkeypatch.setattr(attention, "_sage_importable", lambda: sage)
     monkeypatch.setattr(attention, "_flash3_importable", lambda: flash3)
+    monkeypatch.setattr(attention, "_triton_importable", lambda: triton)
 
 
 def test_hopper_auto_prefers_cudnn(monkeypatch):
@@ -79,22 +82,26 @@ def test_hopper_auto_prefers_cudnn(monkeypatch):
     assert resolve_attention_backend("auto", CUDA) == "cudnn"
     with pytest.raises(BackendUnavailableError, match="flash_attn_interface"):
         resolve_attention_backend("flash3", CUDA)
+    with pytest.raises(BackendUnavailableError, match="pip install triton"):
+        resolve_attention_backend("fp8", CUDA)
 
 
 def test_hopper_with_everything_installed(monkeypatch):
-    _pretend_gpu(monkeypatch, (9, 0), sage=True, flash3=True)
-    assert available_attention_backends(CUDA) == ["sdpa", "cudnn", "sage", "flash3"]
-    assert resolve_attention_backend("auto", CUDA) == "cudnn"
+    _pretend_gpu(monkeypatch, (9, 0), sage=True, flash3=True, triton=True)
+    assert available_attention_backends(CUDA) == ["sdpa", "cudnn", "sage", "flash3", "fp8"]
+    assert resolve_attention_backend("auto", CUDA) == "cudnn"  # fp8 changes the output: never automatic
 
 
 def test_other_gpus_get_sdpa_and_install_hints(monkeypatch):
-    _pretend_gpu(monkeypatch, (8, 0), sage=False, flash3=True)
+    _pretend_gpu(monkeypatch, (8, 0), sage=False, flash3=True, triton=True)
     assert resolve_attention_backend("auto", CUDA) == "sdpa"
     assert available_attention_backends(CUDA) == ["sdpa", "cudnn"]
     with pytest.raises(BackendUnavailableError, match="pip install"):
         resolve_attention_backend("sage", CUDA)
     with pytest.raises(BackendUnavailableError, match="Hopper"):
         resolve_attention_backend("flash3", CUDA)
+    with pytest.raises(BackendUnavailableError, match="9.0"):
+        resolve_attention_backend("fp8", CUDA)
 
 
 def test_sdpa_gives_the_default_output(default_backend):

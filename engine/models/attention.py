@@ -2,12 +2,15 @@
 
 Choices (`ATTENTION_BACKENDS`): `auto`, `sdpa` (PyTorch scaled_dot_product_attention, its own kernel
 choice), `cudnn` (PyTorch SDPA restricted to the cuDNN kernel), `sage` (SageAttention, `pip install
-sageattention`), `flash3` (FlashAttention-3, Hopper only, module `flash_attn_interface`).
+sageattention`), `flash3` (FlashAttention-3, Hopper only, module `flash_attn_interface`), `fp8` (our
+INT8-QK / FP8-PV Triton kernel for Hopper, attention_fp8.py, on the self-attention of Wan and LTX-Video only;
+cross-attention stays on PyTorch SDPA; see attention_fp8_processors.py).
 
 The backend is set on each attention processor of the model (`processor._attention_backend`), never on
 diffusers' process-wide default: `ModelMixin.set_attention_backend` also changes that default and
 `reset_attention_backend` does not restore it, which would leak one model's choice into every other model
-in the ComfyUI process.
+in the ComfyUI process. `fp8` is not a diffusers backend: it swaps our own processors onto the model's
+self-attention modules (again per model), and any other choice puts the stock processors back.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailableError, InvalidInputError
+from .attention_fp8_processors import apply_fp8_self_attention, is_fp8_processor, remove_fp8_self_attention
 
-ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "sage", "flash3")
+ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "sage", "flash3", "fp8")
 
 # Reelsmith name -> diffusers AttentionBackendName value (checked against diffusers 0.42.1).
 DIFFUSERS_BACKEND_NAMES = {
@@ -48,6 +52,10 @@ def _flash3_importable() -> bool:
     if flag is not None:
         return bool(flag)
     return importlib.util.find_spec("flash_attn_interface") is not None
+
+
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _capability(device: torch.device) -> tuple[int, int] | None:
@@ -92,6 +100,16 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
                 "provides the `flash_attn_interface` module), or choose 'cudnn' / 'sdpa'."
             )
         return None
+    if backend == "fp8":
+        if capability is None:
+            return "the FP8 attention kernel runs on NVIDIA Hopper GPUs only; choose 'sdpa' here."
+        if capability < (9, 0):
+            return ("the FP8 attention kernel needs a Hopper or newer GPU (H100, H200: compute capability "
+                    "9.0+); choose 'cudnn' or 'sdpa'.")
+        if not _triton_importable():
+            return ("Triton is not installed: PyTorch's CUDA wheels for Linux bring it, otherwise run "
+                    "`pip install triton` in ComfyUI's Python, or choose 'cudnn' / 'sdpa'.")
+        return None
     raise InvalidInputError(
         f"Unknown attention backend '{backend}'. Choose one of: {', '.join(ATTENTION_BACKENDS)}."
     )
@@ -107,8 +125,9 @@ def resolve_attention_backend(choice: str, device) -> str:
     """Turn a user choice into a concrete backend for `device`.
 
     `auto` picks cuDNN on Hopper GPUs (measured on an H200 at 720p, one Wan layer: cuDNN 208 ms,
-    SageAttention-1 260 ms, PyTorch flash 330 ms) and 'sdpa' everywhere else. An explicit choice that
-    cannot run here raises BackendUnavailableError saying what to install or which GPU it needs.
+    SageAttention-1 260 ms, PyTorch flash 330 ms) and 'sdpa' everywhere else; it never picks 'fp8', which
+    changes the output (quantised attention) and stays an explicit choice until it is measured. An explicit
+    choice that cannot run here raises BackendUnavailableError saying what to install or which GPU it needs.
     """
     if choice not in ATTENTION_BACKENDS:
         raise InvalidInputError(
@@ -139,21 +158,24 @@ def _attention_processors(model: nn.Module):
             yield processor
 
 
-def apply_attention_backend(model: nn.Module, backend: str, device=None) -> str:
+def apply_attention_backend(model: nn.Module, backend: str, device=None, fp8_options: dict | None = None) -> str:
     """Make every attention processor of `model` use `backend`, leaving diffusers' process-wide default
     alone. `auto` is resolved for `device` (default: where the model's weights are). Returns the concrete
-    backend name. Other models keep their own choice (each processor carries its own)."""
+    backend name. Other models keep their own choice (each processor carries its own).
+
+    `fp8` gives the self-attention modules our FP8 processors and leaves every other attention on PyTorch
+    SDPA; `fp8_options` (implementation, config, qk_dtype) go to `apply_fp8_self_attention`."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
     if backend == "auto":
         backend = resolve_attention_backend("auto", device if device is not None else _model_device(model))
-    elif backend not in DIFFUSERS_BACKEND_NAMES:
+    elif backend not in ATTENTION_BACKENDS[1:]:
         raise InvalidInputError(
             f"Unknown attention backend '{backend}'. Choose one of: {', '.join(ATTENTION_BACKENDS)}."
         )
     elif device is not None:
         backend = resolve_attention_backend(backend, device)
-    diffusers_backend = AttentionBackendName(DIFFUSERS_BACKEND_NAMES[backend])
+    diffusers_backend = AttentionBackendName(DIFFUSERS_BACKEND_NAMES["sdpa" if backend == "fp8" else backend])
     try:
         _check_attention_backend_requirements(diffusers_backend)
     except RuntimeError as error:
@@ -164,13 +186,19 @@ def apply_attention_backend(model: nn.Module, backend: str, device=None) -> str:
             f"{type(model).__name__} has no diffusers attention processors that take a backend; "
             "the attention backend cannot be chosen for it."
         )
-    for processor in processors:
+    if backend == "fp8":
+        apply_fp8_self_attention(model, diffusers_backend, **(fp8_options or {}))  # checks before it swaps
+    else:
+        remove_fp8_self_attention(model)
+    for processor in _attention_processors(model):
         processor._attention_backend = diffusers_backend
     return backend
 
 
 def model_attention_backend(model: nn.Module) -> str | None:
     """The Reelsmith name of the backend the model's processors use (None: diffusers' default)."""
+    if any(is_fp8_processor(p) for p in _attention_processors(model)):
+        return "fp8"
     reverse = {value: key for key, value in DIFFUSERS_BACKEND_NAMES.items()}
     names = {getattr(p._attention_backend, "value", p._attention_backend) for p in _attention_processors(model)}
     if len(names) != 1:

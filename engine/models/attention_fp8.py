@@ -1,0 +1,267 @@
+"""FP8/INT8 attention for Hopper in Triton: forward only, no mask, non-causal, head dims 64 and 128.
+
+The scheme (SageAttention-2 style; described in attention_fp8_reference.py, its PyTorch twin): K smoothed by
+its per-channel mean, Q and K quantised to INT8 (or FP8 e4m3) per group of tokens with fp32 scales, the
+softmax scale and log2(e) folded into Q's scales, online softmax in fp32 with exp2, P quantised to FP8 e4m3
+(times 448) and V to FP8 e4m3 with per-channel scales for the P.V product, accumulated in fp32.
+
+Entry points:
+- `fp8_attention(q, k, v, layout)`: quantise (attention_fp8_quant.py) + attend; q, k, v as [B, S, H, D]
+  ('bshd', what diffusers' attention processors hold) or [B, H, S, D] ('bhsd'); output in the input's
+  layout and dtype (bf16 in practice).
+- `fp8_attention_op`: the same as a torch custom op (`reelsmith::fp8_attention`), so torch.compile keeps a
+  block that calls it in one graph.
+- `FP8_ATTENTION_CONFIGS`: named meta-parameter sets (BLOCK_M, BLOCK_N, warps, stages, how often the FP8
+  P.V accumulation is promoted to full fp32), `config="autotune"` lets Triton time the block-promoting ones
+  at the first call of each shape.
+
+Only the GPU can verify speed, compilation for sm_90 (wgmma with INT8 / FP8 operands) and the Hopper FP8
+accumulator's reduced precision; the math runs on CPU in Triton's interpreter (TRITON_INTERPRET=1, which
+must be set before this module is imported) and is tested there against the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import BackendUnavailableError, InvalidInputError
+from .attention_fp8_quant import (QuantisedQKV, add_combine, kernels_interpreted, logical_strides, max_combine,
+                                  quantise_qkv, to_e4m3)
+
+
+@dataclass(frozen=True)
+class Fp8AttentionConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    # K-elements the Hopper FP8 MMA accumulates at its reduced internal precision before the partial sum is
+    # added to the fp32 accumulator (SageAttention-2's two-level accumulation); 0 = never promote (fastest).
+    pv_promote: int
+    # 'pointer': plain tl.load of computed addresses; 'tma': tensor descriptors (Hopper's TMA engine loads
+    # the blocks into shared memory, freeing registers and threads)
+    loads: str = "pointer"
+
+    @property
+    def name(self) -> str:
+        promote = "" if self.pv_promote == self.block_n else ("-fastacc" if self.pv_promote == 0 else
+                                                              f"-acc{self.pv_promote}")
+        loads = "" if self.loads == "pointer" else f"-{self.loads}"
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}"
+
+
+def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
+    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads)
+               for m, n, w, s, promote, loads in specs]
+    return {c.name: c for c in configs}
+
+
+FP8_ATTENTION_CONFIGS = _configs(
+    (128, 64, 4, 3, None, "pointer"),
+    (128, 64, 8, 3, None, "pointer"),
+    (128, 64, 8, 4, None, "pointer"),
+    (128, 128, 8, 2, None, "pointer"),
+    (128, 128, 8, 3, None, "pointer"),
+    (64, 128, 4, 3, None, "pointer"),
+    (128, 64, 4, 3, None, "tma"),
+    (128, 64, 8, 3, None, "tma"),
+    (128, 128, 8, 3, None, "tma"),
+    (128, 128, 8, 3, 0, "pointer"),
+    (128, 64, 8, 3, 0, "pointer"),
+)
+# Until the lead's sweep on an H200 says otherwise: the block shape of the Triton tutorial's Hopper FP8
+# attention for D=128, a smaller key block for D=64.
+DEFAULT_CONFIGS = {64: "m128n64w4s3", 128: "m128n128w8s3"}
+CONFIG_CHOICES = ("default", "autotune", *FP8_ATTENTION_CONFIGS)
+
+
+@triton.jit
+def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base, start_n, S, S_pad, bh,
+                  offs_n, offs_d, D: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
+                  PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr,
+                  MASK_TAIL: tl.constexpr):
+    cols = start_n + offs_n
+    # K [BLOCK_N, D] with D contiguous (K-major for Q.K^T); V^T [D, BLOCK_N] with tokens contiguous (K-major
+    # for P.V: Hopper's FP8 MMA wants both operands K-major)
+    if USE_TMA:
+        k = k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
+        v = v_src.load([(bh * D).to(tl.int32), start_n])
+    else:
+        k = tl.load(k_src + bh * S_pad * D + cols[:, None] * D + offs_d[None, :])
+        v = tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + cols[None, :])
+    k_scales = tl.load(k_scales_base + cols // K_GROUP)
+    if QK_INT8:
+        qk = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    t = qk * k_scales[None, :]  # score / q_scale, in base-2 units
+    if MASK_TAIL:
+        t = tl.where((cols < S)[None, :], t, float("-inf"))
+    new_max = tl.maximum(row_max, tl.reduce(t, 1, max_combine) * q_scales)  # q_scales > 0
+    alpha = tl.math.exp2(row_max - new_max)
+    p = tl.math.exp2(t * q_scales[:, None] - new_max[:, None])
+    row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
+    acc = acc * alpha[:, None]
+    p8 = to_e4m3(p * 448.0, ROUND_FIRST)
+    if PV_PROMOTE > 0:
+        acc = tl.dot(p8, tl.trans(v), acc, max_num_imprecise_acc=PV_PROMOTE)
+    else:
+        acc = tl.dot(p8, tl.trans(v), acc)
+    return acc, row_sum, new_max
+
+
+@triton.jit
+def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, out_ptr,
+                          S, S_pad, H, sob, soh, sos, sod,
+                          D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
+                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr):
+    """q_src, k_src, v_src: the quantised buffers, as pointers or (USE_TMA) as 2-d tensor descriptors over
+    [B*H*S_pad, D], [B*H*S_pad, D] and [B*H*D, S_pad] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+
+    # buffers are zero-padded to S_pad tokens: no load needs a mask
+    if USE_TMA:
+        q = q_src.load([(bh * S_pad + start_m * BLOCK_M).to(tl.int32), 0])
+    else:
+        q = tl.load(q_src + bh * S_pad * D + offs_m[:, None] * D + offs_d[None, :])
+    q_scales = tl.load(q_scales_ptr + bh * (S_pad // Q_GROUP) + offs_m // Q_GROUP)
+    k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
+
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
+    full_blocks = S // BLOCK_N
+    for block in range(0, full_blocks):
+        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
+                                              block * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP, QK_INT8,
+                                              PV_PROMOTE, ROUND_FIRST, USE_TMA, False)
+    if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
+        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
+                                              full_blocks * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP,
+                                              QK_INT8, PV_PROMOTE, ROUND_FIRST, USE_TMA, True)
+
+    v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
+    out = acc * (v_scales / 448.0)[None, :] / row_sum[:, None]
+    b = bh // H
+    h = bh % H
+    out_ptrs = out_ptr + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :] * sod
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m < S)[:, None])
+
+
+_autotuned_kernel = None
+
+
+def _autotuned():
+    """The kernel wrapped in triton.autotune over the named pointer-load configs that promote the P.V
+    accumulation every key block (the '-fastacc' ones are less accurate: autotuning must not trade accuracy
+    for speed unasked; the '-tma' ones need descriptors built for their block shapes). Built on first use."""
+    global _autotuned_kernel
+    if _autotuned_kernel is None:
+        configs = [triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "PV_PROMOTE": c.pv_promote},
+                                 num_warps=c.num_warps, num_stages=c.num_stages)
+                   for c in FP8_ATTENTION_CONFIGS.values() if c.pv_promote == c.block_n and c.loads == "pointer"]
+        _autotuned_kernel = triton.autotune(configs=configs, key=["S", "D", "QK_INT8"])(_fp8_attention_kernel)
+    return _autotuned_kernel
+
+
+def resolve_config(config: str | Fp8AttentionConfig, head_dim: int) -> Fp8AttentionConfig | str:
+    if isinstance(config, Fp8AttentionConfig) or config == "autotune":
+        return config
+    if config == "default":
+        return FP8_ATTENTION_CONFIGS[DEFAULT_CONFIGS[head_dim]]
+    if config not in FP8_ATTENTION_CONFIGS:
+        raise InvalidInputError(
+            f"FP8 attention config '{config}' is not one of {', '.join(CONFIG_CHOICES)}.")
+    return FP8_ATTENTION_CONFIGS[config]
+
+
+def _descriptors(qkv: QuantisedQKV, config: Fp8AttentionConfig):
+    """Host-side tensor descriptors of the quantised buffers as 2-d arrays, blocks of the config's shape."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dim = qkv.q.shape[-1]
+    rows = qkv.batch * qkv.heads * qkv.padded
+    q = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [config.block_m, dim])
+    k = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [config.block_n, dim])
+    v_t = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
+                           [dim, config.block_n])
+    return q, k, v_t
+
+
+def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
+                     config: str | Fp8AttentionConfig = "default") -> torch.Tensor:
+    """Run the attention kernel on quantised inputs, writing into `out` (the input's shape and layout)."""
+    dim = qkv.q.shape[-1]
+    chosen = resolve_config(config, dim)
+    strides = logical_strides(out, layout)
+    sources = (qkv.q, qkv.k, qkv.v_t)
+    if chosen != "autotune" and chosen.loads == "tma":
+        sources = _descriptors(qkv, chosen)
+    arguments = (*sources, qkv.q_scales, qkv.k_scales, qkv.v_scales, out, qkv.tokens, qkv.padded, qkv.heads,
+                 *strides)
+    constants = dict(D=dim, Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, QK_INT8=qkv.qk_dtype == "int8",
+                     ROUND_FIRST=kernels_interpreted())
+    rows = qkv.batch * qkv.heads
+    if chosen == "autotune":
+        _autotuned()[lambda meta: (triton.cdiv(qkv.tokens, meta["BLOCK_M"]), rows)](
+            *arguments, **constants, USE_TMA=False)
+    else:
+        grid = (triton.cdiv(qkv.tokens, chosen.block_m), rows)
+        _fp8_attention_kernel[grid](*arguments, **constants, BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n,
+                                    PV_PROMOTE=chosen.pv_promote, USE_TMA=chosen.loads == "tma",
+                                    num_warps=chosen.num_warps, num_stages=chosen.num_stages)
+    return out
+
+
+def _check_device(q: torch.Tensor) -> None:
+    if q.device.type == "cuda":
+        capability = torch.cuda.get_device_capability(q.device)
+        if capability < (9, 0):
+            raise BackendUnavailableError(
+                f"FP8 attention needs a Hopper or newer GPU (compute capability 9.0+); {q.device} is "
+                f"{capability[0]}.{capability[1]}. Choose the 'cudnn' or 'sdpa' attention backend.")
+    elif not kernels_interpreted():
+        raise BackendUnavailableError(
+            f"FP8 attention runs on NVIDIA Hopper GPUs; the tensors are on {q.device}. Choose the 'sdpa' "
+            "attention backend here (tests run the kernel on CPU with TRITON_INTERPRET=1).")
+
+
+def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bshd", *,
+                  config: str | Fp8AttentionConfig = "default", qk_dtype: str = "int8", q_group: int = 32,
+                  k_group: int = 64, sm_scale: float | None = None) -> torch.Tensor:
+    """Self-attention of q, k, v (one shape; 'bshd' = [B, S, H, D], 'bhsd' = [B, H, S, D]; no mask,
+    non-causal) through the quantised kernel. Returns a new tensor in the input's layout and dtype."""
+    _check_device(q)
+    qkv = quantise_qkv(q, k, v, layout, qk_dtype=qk_dtype, q_group=q_group, k_group=k_group, sm_scale=sm_scale)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    return attend_quantised(qkv, out, layout, config)
+
+
+def _define_op():
+    """Register `reelsmith::fp8_attention` once per process (the pack may be imported under two names)."""
+    namespace = getattr(torch.ops, "reelsmith", None)
+    if namespace is not None and hasattr(namespace, "fp8_attention"):
+        return namespace.fp8_attention
+
+    @torch.library.custom_op("reelsmith::fp8_attention", mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, config: str, qk_dtype: str,
+           q_group: int, k_group: int) -> torch.Tensor:
+        return fp8_attention(q, k, v, layout, config=config, qk_dtype=qk_dtype, q_group=q_group, k_group=k_group)
+
+    @op.register_fake
+    def _(q, k, v, layout, config, qk_dtype, q_group, k_group):
+        return torch.empty(q.shape, device=q.device, dtype=q.dtype)
+
+    return torch.ops.reelsmith.fp8_attention
+
+
+fp8_attention_op = _define_op()

@@ -1,0 +1,172 @@
+"""Route the self-attention of Wan (diffusers `WanTransformer3DModel`) and LTX-Video
+(`LTXVideoTransformer3DModel`) through the FP8 attention kernel, one model at a time.
+
+diffusers' attention dispatcher only knows its own backends (an enum), so the FP8 kernel is not a
+dispatcher backend: each self-attention module (`attn1` of every block) gets a processor of ours, a
+subclass of the stock processor whose `__call__` computes q, k, v exactly as the stock one does (same
+projections, norms and rotary embedding) and hands them to the kernel. Everything else keeps the stock
+path: cross-attention (the 512 text tokens), and any call the kernel does not cover (an attention mask,
+context parallelism, Wan 2.1's image tokens), which goes through diffusers' dispatcher with the processor's
+`_attention_backend`. Nothing process-wide changes; other models keep their processors.
+
+`implementation` picks what does the attention: 'triton' (the kernel, through the `reelsmith::fp8_attention`
+custom op, so torch.compile keeps the block in one graph) or 'reference' (the PyTorch twin of the same
+quantisation scheme: slow, for tests and CPU debugging).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError, InvalidInputError
+from .attention_fp8_reference import HEAD_DIMS, QK_DTYPES, fp8_attention_reference
+
+IMPLEMENTATIONS = ("triton", "reference")
+
+
+def _triton_attention_op():
+    try:
+        from .attention_fp8 import fp8_attention_op
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"FP8 attention needs Triton ({error}); it comes with PyTorch's CUDA wheels on Linux "
+            "(`pip install triton` otherwise). Choose the 'cudnn' or 'sdpa' attention backend.") from error
+    return fp8_attention_op
+
+
+class _Fp8SelfAttention:
+    """The attention step shared by the FP8 self-attention processors."""
+
+    def setup_fp8(self, stock_backend, implementation: str, config: str, qk_dtype: str) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise InvalidInputError(
+                f"FP8 attention implementation '{implementation}' is not one of {', '.join(IMPLEMENTATIONS)}.")
+        if qk_dtype not in QK_DTYPES:
+            raise InvalidInputError(f"FP8 attention qk_dtype '{qk_dtype}' is not one of {', '.join(QK_DTYPES)}.")
+        self._attention_backend = stock_backend  # for the calls that stay on diffusers' dispatcher
+        self.implementation = implementation
+        self.config = config
+        self.qk_dtype = qk_dtype
+        self._op = _triton_attention_op() if implementation == "triton" else None
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """[B, S, H, D] in, [B, S, H, D] out."""
+        if self._op is None:
+            return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
+        return self._op(query, key, value, "bshd", self.config, self.qk_dtype, 32, 64)
+
+
+def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    # Wan rotates interleaved channel pairs (even, odd); same arithmetic as diffusers' Wan processor
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
+
+
+def _processor_classes():
+    from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor, apply_rotary_emb
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    class WanFp8SelfAttnProcessor(_Fp8SelfAttention, WanAttnProcessor):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+            if (encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None
+                    or self._parallel_config is not None):
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+            if getattr(attn, "fused_projections", False):
+                query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+            else:
+                query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+            query, key = attn.norm_q(query), attn.norm_k(key)
+            query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+            if rotary_emb is not None:
+                query, key = _wan_rotary(query, *rotary_emb), _wan_rotary(key, *rotary_emb)
+            hidden_states = self.attend(query, key, value).flatten(2, 3).type_as(query)
+            return attn.to_out[1](attn.to_out[0](hidden_states))
+
+    class LTXFp8SelfAttnProcessor(_Fp8SelfAttention, LTXVideoAttnProcessor):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                     image_rotary_emb=None):
+            if encoder_hidden_states is not None or attention_mask is not None or self._parallel_config is not None:
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+            query, key = attn.norm_q(query), attn.norm_k(key)
+            if image_rotary_emb is not None:
+                query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+            query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+            hidden_states = self.attend(query, key, value).flatten(2, 3).to(query.dtype)
+            return attn.to_out[1](attn.to_out[0](hidden_states))
+
+    return {WanAttnProcessor: WanFp8SelfAttnProcessor, LTXVideoAttnProcessor: LTXFp8SelfAttnProcessor}
+
+
+_PROCESSORS = None
+
+
+def fp8_processor_classes() -> dict[type, type]:
+    """stock processor class -> our FP8 subclass (built once, on first use: diffusers is imported lazily)."""
+    global _PROCESSORS
+    if _PROCESSORS is None:
+        _PROCESSORS = _processor_classes()
+    return _PROCESSORS
+
+
+def is_fp8_processor(processor) -> bool:
+    return isinstance(processor, _Fp8SelfAttention)
+
+
+def _stock_class(processor) -> type | None:
+    classes = fp8_processor_classes()
+    if is_fp8_processor(processor):
+        return next(stock for stock, ours in classes.items() if isinstance(processor, ours))
+    return type(processor) if type(processor) in classes else None
+
+
+def self_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The self-attention modules of a Wan or LTX-Video transformer: `attn1` of each block."""
+    found = []
+    for name, module in model.named_modules():
+        processor = getattr(module, "processor", None)
+        if processor is None or _stock_class(processor) is None or name.rsplit(".", 1)[-1] != "attn1":
+            continue
+        if getattr(module, "is_cross_attention", False):
+            continue
+        found.append((name, module))
+    return found
+
+
+def apply_fp8_self_attention(model: nn.Module, stock_backend=None, *, implementation: str = "triton",
+                             config: str = "default", qk_dtype: str = "int8") -> int:
+    """Give every self-attention module of `model` an FP8 processor; returns how many. `stock_backend` is the
+    diffusers backend the calls outside the kernel use. Raises InvalidInputError for a model with no Wan /
+    LTX-Video self-attention or a head dim the kernel does not support."""
+    modules = self_attention_modules(model)
+    if not modules:
+        raise InvalidInputError(
+            f"{type(model).__name__} has no Wan or LTX-Video self-attention layers; the 'fp8' attention backend "
+            "covers those two families only. Choose 'cudnn' or 'sdpa'.")
+    for name, module in modules:
+        head_dim = module.to_q.out_features // module.heads
+        if head_dim not in HEAD_DIMS:
+            raise InvalidInputError(
+                f"{name}: head dim {head_dim} is not supported by the 'fp8' attention backend (it supports "
+                f"{' and '.join(map(str, HEAD_DIMS))}). Choose 'cudnn' or 'sdpa'.")
+    classes = fp8_processor_classes()
+    for _, module in modules:
+        processor = classes[_stock_class(module.processor)]()
+        processor.setup_fp8(stock_backend, implementation, config, qk_dtype)
+        module.set_processor(processor)
+    return len(modules)
+
+
+def remove_fp8_self_attention(model: nn.Module) -> int:
+    """Put the stock processors back where FP8 ones are (keeping their backend); returns how many."""
+    restored = 0
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and is_fp8_processor(processor):
+            stock = _stock_class(processor)()
+            stock._attention_backend = processor._attention_backend
+            module.set_processor(stock)
+            restored += 1
+    return restored
