@@ -35,7 +35,6 @@ import statistics
 import sys
 import time
 import traceback
-import types
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # name: (what, heads, head dim, tokens)
@@ -53,12 +52,11 @@ SIZES = {"480p": (832, 480), "720p": (1280, 720)}
 
 
 def import_engine():
-    """Register the pack root as the package `reelsmith` without running its `__init__` (the ComfyUI node
-    layer is not needed here)."""
-    if "reelsmith" not in sys.modules:
-        package = types.ModuleType("reelsmith")
-        package.__path__ = [str(PACK_ROOT)]
-        sys.modules["reelsmith"] = package
+    """`reelsmith.engine` without the ComfyUI node layer (scripts/pack_import.py)."""
+    sys.path.insert(0, str(PACK_ROOT / "scripts"))
+    from pack_import import import_engine_only
+
+    import_engine_only()
 
 
 def facts() -> dict:
@@ -232,13 +230,13 @@ def check_forward(args) -> list[dict]:
     import torch
 
     sys.path.insert(0, str(PACK_ROOT / "scripts"))
-    import bench
+    from bench_models import Workload, build_ours
     from reelsmith.engine.models import attention
     from reelsmith.engine.models.attention_fp8_processors import self_attention_modules
-    from reelsmith.engine.models.wan_variants import WAN_VARIANTS
 
     device = torch.device("cuda")
-    model, _, notes, _ = bench.build(WAN_VARIANTS["t2v-a14b"], args.precision, "cudnn", "off")
+    model, notes, _ = build_ours(Workload("wan", "t2v-a14b", args.size[0], args.frames), args.precision, "cudnn",
+                                 args.compile, device)
     fp8_options = {"config": args.config, "qk_dtype": args.qk_dtype[0]}
     rows = []
     for size in args.size:
@@ -255,7 +253,7 @@ def check_forward(args) -> list[dict]:
                              return_dict=False)[0]
 
         row = {"mode": "forward", "variant": "t2v-a14b", "size": size, "frames": args.frames,
-               "precision": args.precision, "fp8_config": args.config, "qk_dtype": args.qk_dtype[0]}
+               "precision": args.precision, "compile": args.compile, "fp8_config": args.config, "qk_dtype": args.qk_dtype[0]}
         try:
             attention.apply_attention_backend(model, "cudnn", device)
             reference = forward()
@@ -320,6 +318,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
+    parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="CPU logic check through Triton's interpreter")
     parser.add_argument("--verbose", action="store_true", help="print full tracebacks of failures")
