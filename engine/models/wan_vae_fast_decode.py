@@ -47,6 +47,8 @@ from .host_frames import HostFrames
 # Latent pixels (frames x height x width) per decoder call: 2 latent frames at 720p (90 x 160), 4 at 480p.
 # Activation memory grows linearly with it (about 2.5 GiB per 720p latent frame for the 2.1 VAE in bf16).
 DEFAULT_CHUNK_LATENT_PIXELS = 2 * 90 * 160
+# Elements of the nearest-upsampled activation per upsampler convolution (1 GiB in bf16).
+UPSAMPLE_PIECE_ELEMENTS = 2**29
 
 
 def default_chunk_latent_frames(latent_height: int, latent_width: int) -> int:
@@ -150,11 +152,12 @@ class _ResidualBlock:
         buffer, body = self.conv1.input_buffer(x)
         self.norm1(x, silu=True, out=body)
         h = self.conv1.run(buffer)
+        del buffer, body  # each large activation is freed as soon as it is consumed: peak memory
         buffer, body = self.conv2.input_buffer(h)
         self.norm2(h, silu=True, out=body)
         del h
         h = self.conv2.run(buffer)
-        del buffer
+        del buffer, body
         return h.add_(shortcut)
 
 
@@ -202,35 +205,40 @@ class _Upsampler:
 
     def __call__(self, x: torch.Tensor, first: bool) -> torch.Tensor:
         batch, channels, frames, height, width = x.shape
-        head = None
-        doubled = None
+        # Sources [B, C, n, k, H, W]: each of n source frames becomes k output frames.
         if self.time_conv is None:
-            out_frames = frames
+            sources = [x.unsqueeze(3)]
         else:
-            # The clip's first frame is not time-upsampled ("Rep" in diffusers' cache).
-            head = x[:, :, :1] if first else None
+            # The clip's first frame is not time-upsampled ("Rep" in diffusers' cache); the others go through
+            # the time conv, whose two channel halves become frames 2t and 2t+1.
+            sources = [x[:, :, :1].unsqueeze(3)] if first else []
             rest = x[:, :, 1:] if first else x
             if rest.shape[2]:
-                doubled = self.time_conv(rest)  # [B, 2C, T, H, W]: channel halves are frames 2t, 2t+1
-            out_frames = (1 if first else 0) + 2 * rest.shape[2]
-        up = torch.empty((batch, channels, out_frames, 2 * height, 2 * width), dtype=x.dtype, device=x.device,
-                         memory_format=self.memory_format)
-        blocks = up.unflatten(4, (width, 2)).unflatten(3, (height, 2))  # [B, C, F, H, 2, W, 2]
-        if self.time_conv is None:
-            blocks.copy_(x[:, :, :, :, None, :, None].expand_as(blocks))
-        else:
-            start = 0
-            if head is not None:
-                blocks[:, :, :1].copy_(head[:, :, :, :, None, :, None].expand_as(blocks[:, :, :1]))
-                start = 1
-            if doubled is not None:
-                pairs = blocks[:, :, start:].unflatten(2, (doubled.shape[2], 2))  # [B, C, T, 2, H, 2, W, 2]
-                source = doubled.unflatten(1, (2, channels)).permute(0, 2, 3, 1, 4, 5)  # [B, C, T, 2, H, W]
-                pairs.copy_(source[:, :, :, :, :, None, :, None].expand_as(pairs))
-                del doubled, source
-        images = up.transpose(1, 2).flatten(0, 1)  # [B*F, C, 2H, 2W]: a view when channels-last
-        out = F.conv2d(images, self.weight, self.bias, padding=1).contiguous(memory_format=self.image_format)
-        return out.unflatten(0, (batch, out_frames)).transpose(1, 2)
+                doubled = self.time_conv(rest)  # [B, 2C, T, H, W]
+                sources.append(doubled.unflatten(1, (2, channels)).permute(0, 2, 3, 1, 4, 5))
+                del doubled
+        out_frames = sum(source.shape[2] * source.shape[3] for source in sources)
+        out = torch.empty((batch * out_frames, self.weight.shape[0], 2 * height, 2 * width), dtype=x.dtype,
+                          device=x.device, memory_format=self.image_format).unflatten(0, (batch, out_frames))
+        # Upsample and convolve a few frames at a time: the 4x upsampled tensor is the largest of the decoder.
+        frames_per_piece = max(1, UPSAMPLE_PIECE_ELEMENTS // (channels * 4 * height * width))
+        done = 0
+        for source in sources:
+            per_frame = source.shape[3]
+            step = max(1, frames_per_piece // per_frame)
+            for start in range(0, source.shape[2], step):
+                piece = source[:, :, start:start + step]
+                count = piece.shape[2] * per_frame
+                up = torch.empty((batch, channels, count, 2 * height, 2 * width), dtype=x.dtype, device=x.device,
+                                 memory_format=self.memory_format)
+                blocks = up.unflatten(4, (width, 2)).unflatten(3, (height, 2)).unflatten(2, (piece.shape[2], per_frame))
+                blocks.copy_(piece[:, :, :, :, :, None, :, None].expand_as(blocks))  # [B, C, n, k, H, 2, W, 2]
+                images = up.transpose(1, 2).flatten(0, 1)  # [B*count, C, 2H, 2W]: a view when channels-last
+                convolved = F.conv2d(images, self.weight, self.bias, padding=1)
+                del up, blocks, images
+                out[:, done:done + count].copy_(convolved.unflatten(0, (batch, count)))
+                done += count
+        return out.transpose(1, 2)
 
 
 def _add_duplicated(x: torch.Tensor, source: torch.Tensor, factor_t: int, factor_s: int, first: bool) -> None:
@@ -274,16 +282,6 @@ class _UpBlock:
 
     def convs(self):
         return [c for r in self.resnets for c in r.convs()] + (self.upsampler.convs() if self.upsampler else [])
-
-    def __call__(self, x: torch.Tensor, first: bool) -> torch.Tensor:
-        block_input = x
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsampler is not None:
-            x = self.upsampler(x, first)
-        if self.duplicate is not None:
-            _add_duplicated(x, block_input, *self.duplicate, first)
-        return x
 
 
 class FastWanDecoder:
@@ -329,8 +327,16 @@ class FastWanDecoder:
         x = self.mid_resnets[0](x)
         for attention, resnet in zip(self.mid_attentions, self.mid_resnets[1:]):
             x = resnet(attention(x))
+        # The up blocks run inline so that no caller holds a block's input longer than it is needed.
         for block in self.up_blocks:
-            x = block(x, first)
+            block_input = x if block.duplicate is not None else None
+            for resnet in block.resnets:
+                x = resnet(x)
+            if block.upsampler is not None:
+                x = block.upsampler(x, first)
+            if block_input is not None:
+                _add_duplicated(x, block_input, *block.duplicate, first)
+                del block_input
         buffer, body = self.conv_out.input_buffer(x)
         self.norm_out(x, silu=True, out=body)
         del x
