@@ -11,7 +11,7 @@ difference of each variant's frames against diffusers' frames (0..1 scale). A va
 reported with its error and the rest go on; variants past --time-budget are skipped and listed.
 
     python scripts/check_vae_decode.py [--versions 2.1 2.2] [--sizes 480p 720p] [--chunks 1 2 4]
-                                       [--reps 3] [--time-budget 270] [--out DIR] [--profile] [--tiny]
+                                       [--reps 3] [--time-budget 240] [--out DIR] [--profile] [--tiny]
 
 Writes DIR/vae_decode.json and DIR/vae_decode.md (default DIR: out/vae_decode) and prints the table.
 """
@@ -66,7 +66,8 @@ def build_vae(version: str, device, tiny: bool):
 
 def variants(size: str, chunks: list[int], default_chunk: int, tiny: bool) -> list[dict]:
     """Most informative first: the time budget cuts from the end."""
-    rows = [dict(name="diffusers", fast=False), dict(name="fast (defaults)", fast=True)]
+    rows = [dict(name="diffusers", fast=False), dict(name="fast (defaults)", fast=True),
+            dict(name="fast, sub-pixel upsampling", fast=True, subpixel_upsample=True)]
     rows += [dict(name=f"fast chunk={c}", fast=True, chunk_latent_frames=c) for c in chunks if c != default_chunk]
     if size == "720p" or tiny:
         rows += [dict(name="fast, NCDHW layout", fast=True, memory_format="contiguous"),
@@ -83,7 +84,7 @@ def main() -> int:
                         help="sizes for the 2.2 VAE (default 720p only, to stay within the time budget)")
     parser.add_argument("--chunks", nargs="+", type=int, default=[1, 2, 4], help="latent frames per decoder call")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--time-budget", type=float, default=270.0, help="seconds after which variants are skipped")
+    parser.add_argument("--time-budget", type=float, default=240.0, help="seconds after which variants are skipped")
     parser.add_argument("--out", type=pathlib.Path, default=PACK_ROOT / "out" / "vae_decode")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one default fast decode per workload and print its top CUDA kernels")
@@ -129,7 +130,8 @@ def main() -> int:
             torch.cuda.synchronize()
 
     def run_variant(vae, latents, variant):
-        options = {k: variant[k] for k in ("chunk_latent_frames", "memory_format", "use_triton") if k in variant}
+        options = {k: variant[k] for k in ("chunk_latent_frames", "memory_format", "use_triton", "subpixel_upsample")
+                   if k in variant}
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = variant.get("cudnn_benchmark", False)
         try:

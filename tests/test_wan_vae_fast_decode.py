@@ -103,13 +103,30 @@ def test_upsampling_in_pieces_gives_the_same_frames(version, piece_frames, monke
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
+@pytest.mark.parametrize("piece_frames", [1, 3, 1000])
+def test_subpixel_upsampling_equals_diffusers(version, piece_frames, monkeypatch):
+    """Nearest 2x + 3x3 conv as four 2x2 phase convs: float32 to ~1e-5, for whole and sliced pieces."""
+    vae = random_vae(version, seed=10)
+    latents = latents_for(vae, 4, 3, 5)
+    reference = diffusers_frames(vae, latents)
+    first_upsampler_channels = vae.decoder.up_blocks[0].resnets[-1].conv2.out_channels
+    monkeypatch.setattr(wan_vae_fast_decode, "UPSAMPLE_PIECE_ELEMENTS", piece_frames * first_upsampler_channels * 60)
+    for chunk, memory_format in ((1, "channels_last"), (3, "contiguous")):
+        out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=chunk, memory_format=memory_format,
+                                      subpixel_upsample=True)
+        assert (out - reference).abs().max() < 2e-5, (chunk, memory_format)
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_bfloat16_matches_diffusers_above_45_db(version):
     vae = random_vae(version, seed=7, dtype=torch.bfloat16)
     latents = latents_for(vae, 3, 3, 4, seed=1)
     reference = diffusers_frames(vae, latents)
     assert_informative(reference)
-    for chunk, memory_format in ((1, "contiguous"), (2, "channels_last"), (8, "contiguous")):
-        out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=chunk, memory_format=memory_format)
+    for chunk, memory_format, subpixel in ((1, "contiguous", False), (2, "channels_last", False),
+                                           (8, "contiguous", False), (2, "channels_last", True)):
+        out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=chunk, memory_format=memory_format,
+                                      subpixel_upsample=subpixel)
         assert out.shape == reference.shape
         assert psnr(out, reference) >= 45.0, f"chunk {chunk}, {memory_format}: {psnr(out, reference):.1f} dB"
 
