@@ -5,8 +5,8 @@ Every weight is re-randomised before comparing (the RMS norm gammas start at one
 which would hide a mistake in how they are applied), and the reference output is checked to be neither
 flat nor clipped, so a comparison cannot pass trivially."""
 
+import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -211,11 +211,13 @@ def test_unsupported_structure_is_refused_before_any_work():
 
 
 TRITON_CHECK = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
-    import conftest  # registers the pack as `reelsmith`
+    import json, sys
+    sys.path.insert(0, {scripts!r})
+    from pack_import import import_engine_only
+    import_engine_only()  # the engine only: importing the node layer would cost seconds here
     import torch
-    from test_wan_vae_fast_decode import diffusers_frames, latents_for, random_vae
+    torch.set_num_threads(1)
+    from diffusers import AutoencoderKLWan
     from reelsmith.engine.models import channel_rms_norm
     from reelsmith.engine.models.wan_vae_fast_decode import decode_wan_latents_fast
 
@@ -224,23 +226,25 @@ TRITON_CHECK = textwrap.dedent("""
     launch = channel_rms_norm.launch_rms_norm_rows
     channel_rms_norm.launch_rms_norm_rows = lambda *a, **k: (launches.append(1), launch(*a, **k))
 
-    # the kernel against the torch formula: odd and power-of-two widths, with and without SiLU
-    for channels, silu in ((96, True), (7, False), (64, True)):
+    # the kernel against the torch formula: a non-power-of-two width with SiLU, an odd one without
+    for channels, silu in ((96, True), (7, False)):
         x = torch.randn(1, channels, 3, 5, 6).contiguous(memory_format=torch.channels_last_3d)
         gamma = torch.randn(channels)
         expected = channel_rms_norm.rms_norm_channels_torch(x, gamma, channels ** 0.5, silu)
         got = channel_rms_norm.rms_norm_channels(x, gamma, channels ** 0.5, silu=silu)
         assert (got - expected).abs().max() < 1e-5, (channels, silu)
 
-    # the whole decode with every norm through the kernel
-    for version, frames, chunk in (("2.1", 3, 2), ("2.2", 2, 1)):
-        vae = random_vae(version, seed=11)
-        latents = latents_for(vae, frames, 3, 4)
-        before = len(launches)
-        out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=chunk, memory_format="channels_last")
-        assert len(launches) - before > 20, len(launches) - before
-        difference = (out - diffusers_frames(vae, latents)).abs().max().item()
-        assert difference < 2e-5, (version, difference)
+    # the whole decode (2.1 structure) with every norm through the kernel, against diffusers' decode
+    torch.manual_seed(11)
+    vae = AutoencoderKLWan(**json.loads({config!r})).eval()
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.3)
+        latents = torch.randn(1, 16, 3, 3, 4)
+        reference = vae.decode(latents, return_dict=False)[0][0].permute(1, 2, 3, 0).add(1).div(2)
+    out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=2, memory_format="channels_last")
+    assert len(launches) > 40, len(launches)
+    assert (out - reference).abs().max() < 2e-5, (out - reference).abs().max()
     assert channel_rms_norm.triton_available()
     print("ok", len(launches))
 """)
@@ -250,9 +254,9 @@ def test_fused_norm_kernel_in_the_triton_interpreter():
     """The Triton kernel runs on the CPU in Triton's interpreter (float32: its bf16 casts truncate), for
     the norm alone and inside the whole decode."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    tests = str(pathlib.Path(__file__).resolve().parent)
-    result = subprocess.run([sys.executable, "-c", TRITON_CHECK.format(tests=tests)], env=env, cwd=PACK_ROOT,
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    script = TRITON_CHECK.format(scripts=str(PACK_ROOT / "scripts"), config=json.dumps(VAE_CONFIGS["2.1"]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=PACK_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().startswith("ok")
