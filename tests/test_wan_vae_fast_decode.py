@@ -90,13 +90,16 @@ def test_float32_equals_diffusers_for_every_chunking(version, frames, size):
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 @pytest.mark.parametrize("piece_frames", [1, 3])
 def test_upsampling_in_pieces_gives_the_same_frames(version, piece_frames, monkeypatch):
-    """At real size the upsamplers convolve a few frames at a time; here too (one frame, three frames)."""
+    """At real size the upsamplers convolve, and attention attends, a few frames at a time; here too (one
+    frame, three frames)."""
     vae = random_vae(version, seed=9)
     latents = latents_for(vae, 4, 3, 4)
     reference = diffusers_frames(vae, latents)
     first_upsampler_channels = vae.decoder.up_blocks[0].resnets[-1].conv2.out_channels
-    # pieces of `piece_frames` frames at the first upsampler (4 * 3 * 4 upsampled pixels), 1 frame later on
+    # pieces of `piece_frames` frames at the first upsampler (4 * 3 * 4 upsampled pixels), 1 frame later on;
+    # attention over `piece_frames` frames a call
     monkeypatch.setattr(wan_vae_fast_decode, "UPSAMPLE_PIECE_ELEMENTS", piece_frames * first_upsampler_channels * 48)
+    monkeypatch.setattr(wan_vae_fast_decode, "ATTENTION_SCORE_ELEMENTS", piece_frames * (3 * 4) ** 2)
     for chunk in (1, 3):
         out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=chunk, memory_format="channels_last")
         assert (out - reference).abs().max() < 2e-5, chunk
