@@ -20,6 +20,7 @@ from pack_paths import PACK_ROOT
 from reelsmith.engine.demo_models import TINY_VAE
 from reelsmith.engine.errors import BackendUnavailableError
 from reelsmith.engine.models import wan_vae_fast_decode
+from reelsmith.engine.models.host_frames import HostFrames
 from reelsmith.engine.models.wan_vae_fast_decode import (_add_duplicated, chunk_bounds, decode_wan_latents_fast,
                                                          default_chunk_latent_frames)
 from reelsmith.engine.pipelines import wan_sampler
@@ -198,6 +199,35 @@ def test_decode_wan_latents_uses_the_fast_decode_when_asked_and_falls_back(monke
     torch.testing.assert_close(fell_back, reference, rtol=0, atol=0)
     wan_sampler.decode_wan_latents(vae, latents, torch.device("cpu"))  # CPU default: diffusers' decode
     assert calls == [1]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available")
+
+    monkeypatch.setattr(wan_sampler, "decode_wan_latents_fast", broken)
+    torch.testing.assert_close(wan_sampler.decode_wan_latents(vae, latents, torch.device("cpu"), fast=True),
+                               reference, rtol=0, atol=0)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(wan_sampler, "decode_wan_latents_fast", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # the caller's out-of-memory advice takes over
+        wan_sampler.decode_wan_latents(vae, latents, torch.device("cpu"), fast=True)
+
+
+def test_host_frames_collects_chunks_in_order_and_checks_the_count():
+    sink = HostFrames(5, 2, 3)
+    chunks = [torch.rand(1, 2, 3, 3), torch.rand(4, 2, 3, 3)]
+    for chunk in chunks:
+        sink.put(chunk)
+        sink.drain(keep=1)
+    torch.testing.assert_close(sink.result(), torch.cat(chunks), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="6 frames for a clip of 5"):
+        sink.put(torch.rand(1, 2, 3, 3))
+    with pytest.raises(RuntimeError, match="got 1 of 5"):
+        short = HostFrames(5, 2, 3)
+        short.put(torch.rand(1, 2, 3, 3))
+        short.result()
 
 
 def test_batches_other_than_one_are_refused():

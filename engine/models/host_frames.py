@@ -30,8 +30,11 @@ class HostFrames:
         if not chunk.is_cuda:
             destination.copy_(chunk)
             return
-        # torch's caching host allocator reuses freed pinned blocks, so the staging memory is pinned once.
-        staging = torch.empty(chunk.shape, dtype=chunk.dtype, pin_memory=True)
+        try:  # torch's caching host allocator reuses freed pinned blocks, so the staging memory is pinned once
+            staging = torch.empty(chunk.shape, dtype=chunk.dtype, pin_memory=True)
+        except RuntimeError:  # no page-locked memory to be had here: a plain synchronous copy
+            destination.copy_(chunk)
+            return
         staging.copy_(chunk, non_blocking=True)
         done = torch.cuda.Event()
         done.record()

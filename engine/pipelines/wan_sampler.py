@@ -233,6 +233,11 @@ def decode_wan_latents(vae, raw_latents: torch.Tensor, device: torch.device, fas
             return decode_wan_latents_fast(vae, raw_latents, device)
         except BackendUnavailableError as error:
             logger.info("Reelsmith: %s", error)
+        except torch.OutOfMemoryError:
+            raise  # diffusers' decode needs more memory still
+        except RuntimeError as error:  # e.g. a kernel this torch / driver cannot run: stay usable
+            logger.warning("Reelsmith: the fast Wan VAE decode failed (%s); using diffusers' decode.", error)
+        # (outside the except blocks: the failed attempt's tensors are released before decoding again)
     vae_dtype = next(vae.parameters()).dtype
     video = vae.decode(raw_latents.to(device, vae_dtype), return_dict=False)[0]  # [1, 3, F, H, W] in -1..1
     frames = ((video[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)
