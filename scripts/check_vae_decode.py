@@ -194,6 +194,8 @@ def main() -> int:
                     row["frames_shape"] = list(frames.shape)
                     if variant["name"] == "diffusers":
                         reference = frames
+                        # random weights can give nearly flat frames, on which any PSNR is high: say how flat
+                        row["frames_std"] = round(frames.std().item(), 4)
                     elif reference is not None:
                         mse = (frames - reference).pow(2).mean().item()
                         row["psnr_db"] = round(10 * math.log10(1.0 / mse), 2) if mse > 0 else "identical"
@@ -260,7 +262,7 @@ def markdown(summary: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["results"]:
-        note = r.get("error", "")
+        note = r.get("error", "") or (f"frames std {r['frames_std']}" if "frames_std" in r else "")
         if r.get("triton_norm") is False and "torch norm" not in r["variant"]:
             note = (note + " Triton norm unavailable: torch ops used").strip()
         lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
