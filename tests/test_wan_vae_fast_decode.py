@@ -19,7 +19,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import DupUp3D
 from pack_paths import PACK_ROOT
 from reelsmith.engine.demo_models import TINY_VAE
 from reelsmith.engine.errors import BackendUnavailableError
-from reelsmith.engine.models import wan_vae_fast_decode
+from reelsmith.engine.models import channel_rms_norm, wan_vae_fast_decode
 from reelsmith.engine.models.host_frames import HostFrames
 from reelsmith.engine.models.wan_vae_fast_decode import (_add_duplicated, chunk_bounds, decode_wan_latents_fast,
                                                          default_chunk_latent_frames)
@@ -90,9 +90,9 @@ def test_float32_equals_diffusers_for_every_chunking(version, frames, size):
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 @pytest.mark.parametrize("piece_frames", [1, 3])
-def test_upsampling_in_pieces_gives_the_same_frames(version, piece_frames, monkeypatch):
-    """At real size the upsamplers convolve, and attention attends, a few frames at a time; here too (one
-    frame, three frames)."""
+def test_work_in_pieces_gives_the_same_frames(version, piece_frames, monkeypatch):
+    """At real size the upsamplers convolve, attention attends and the torch norm normalises a few frames at
+    a time; here too (one frame, three frames)."""
     vae = random_vae(version, seed=9)
     latents = latents_for(vae, 4, 3, 4)
     reference = diffusers_frames(vae, latents)
@@ -101,6 +101,7 @@ def test_upsampling_in_pieces_gives_the_same_frames(version, piece_frames, monke
     # attention over `piece_frames` frames a call
     monkeypatch.setattr(wan_vae_fast_decode, "UPSAMPLE_PIECE_ELEMENTS", piece_frames * first_upsampler_channels * 48)
     monkeypatch.setattr(wan_vae_fast_decode, "ATTENTION_SCORE_ELEMENTS", piece_frames * (3 * 4) ** 2)
+    monkeypatch.setattr(channel_rms_norm, "TORCH_PIECE_ELEMENTS", piece_frames)  # and the norms a frame at a time
     for chunk in (1, 3):
         out = decode_wan_latents_fast(vae, latents, "cpu", chunk_latent_frames=chunk, memory_format="channels_last")
         assert (out - reference).abs().max() < 2e-5, chunk

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 EPS = 1e-12  # F.normalize's default, which WanRMS_norm uses
+TORCH_PIECE_ELEMENTS = 2**27  # elements per torch-path call (its float32 temporaries: 0.5 GiB each)
 
 try:
     import triton
@@ -78,15 +79,13 @@ def rms_norm_channels_torch(x: torch.Tensor, gamma: torch.Tensor, scale: float, 
 
 
 def launch_rms_norm_rows(x_rows: torch.Tensor, gamma: torch.Tensor, out_rows: torch.Tensor, scale: float,
-                         silu: bool, kernel=None) -> None:
-    """Run the kernel on [pixels, C] row views (`kernel`: the Triton function, replaceable by an interpreted
-    one in CPU tests)."""
-    kernel = kernel or KERNEL
+                         silu: bool) -> None:
+    """Run the kernel on [pixels, C] row views."""
     n_rows, channels = x_rows.shape
     block_c = triton.next_power_of_2(channels)
     block_rows = max(1, 4096 // block_c)
     grid = (triton.cdiv(n_rows, block_rows),)
-    kernel[grid](x_rows, gamma, out_rows, n_rows, float(scale), EPS,
+    KERNEL[grid](x_rows, gamma, out_rows, n_rows, float(scale), EPS,
                  CHANNELS=channels, SILU=silu, BLOCK_ROWS=block_rows, BLOCK_C=block_c)
 
 
@@ -106,8 +105,12 @@ def rms_norm_channels(x: torch.Tensor, gamma: torch.Tensor, scale: float, *, sil
             except Exception as error:  # a Triton / driver combination that cannot build it: stay correct
                 _kernel_failed = True
                 logger.warning("Reelsmith: the fused RMS-norm kernel failed (%s); using torch ops.", error)
-    y = rms_norm_channels_torch(x, gamma, scale, silu)
     if out is None:
-        return y
-    out.copy_(y)
+        return rms_norm_channels_torch(x, gamma, scale, silu)
+    if x.dim() != 5:
+        return out.copy_(rms_norm_channels_torch(x, gamma, scale, silu))
+    # A few frames at a time: the torch formula makes float32 temporaries twice the activation's size.
+    step = max(1, TORCH_PIECE_ELEMENTS // max(1, x[:, :, :1].numel()))
+    for start in range(0, x.shape[2], step):
+        out[:, :, start:start + step].copy_(rms_norm_channels_torch(x[:, :, start:start + step], gamma, scale, silu))
     return out
