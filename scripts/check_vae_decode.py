@@ -159,7 +159,7 @@ def main() -> int:
             shape = TINY_LATENTS[version] if args.tiny else WORKLOADS[(version, size)]
             latents = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
             reference = None
-            default_chunk = default_chunk_latent_frames(shape[3], shape[4])
+            default_chunk = default_chunk_latent_frames(shape[3], shape[4], 16 if version == "2.2" else 8)
             for variant in variants(version, size, args.chunks, default_chunk, args.tiny):
                 label = f"{version} {size} {variant['name']}"
                 if time.time() - started > args.time_budget:

@@ -179,6 +179,7 @@ def test_chunks_cover_the_clip_evenly():
     assert default_chunk_latent_frames(90, 160) == 2  # 720p
     assert default_chunk_latent_frames(60, 104) == 4  # 480p
     assert default_chunk_latent_frames(1000, 1000) == 1
+    assert default_chunk_latent_frames(44, 80, spatial_factor=16) == 2  # the 2.2 VAE at 720p (1280x704)
 
 
 def test_decode_wan_latents_uses_the_fast_decode_when_asked_and_falls_back(monkeypatch):
