@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from reelsmith.engine.demo_avatar import (TINY_TRANSFORMER as TINY_CONFIG, is_fp8_weight, quantize,  # noqa: F401
                                           snap_to_fp8)
-from reelsmith.engine.models import checkpoint_io, hunyuan_avatar_keys as keys
+from reelsmith.engine.models import checkpoint_io
 from reelsmith.engine.models.hunyuan_avatar_checkpoint import BF16_FILE, FP8_FILE, FP8_MAP_FILE, TRANSFORMERS_DIR
 from reelsmith.engine.models.hunyuan_avatar_transformer import HunyuanAvatarTransformer
 
