@@ -28,7 +28,8 @@ from ..errors import InvalidInputError, OutOfMemoryError
 from ..models.avatar_encoders import NEGATIVE_PROMPT
 from ..models.avatar_layouts import download_command
 from ..models.hunyuan_vae import decode_avatar_latents, encode_reference_latents
-from .avatar_audio import DEFAULT_MAX_SECONDS, prepare_avatar_audio, trim_audio_to_video, video_frame_count
+from .avatar_audio import (DEFAULT_MAX_SECONDS, SAMPLE_RATE, prepare_avatar_audio, trim_audio_to_video,
+                           video_frame_count)
 from .avatar_audio_features import avatar_audio_features, whisper_stride
 from .avatar_face_mask import FACE_CHOICES, avatar_face_mask
 from .avatar_image import DEFAULT_IMAGE_SIZE, prepare_reference_image, reference_video
@@ -116,7 +117,7 @@ def generate_avatar_video(
     first_window = length == FIRST_WINDOW
     frames = video_frame_count(len(samples), fps)
     if frames < 1:
-        raise InvalidInputError(f"The audio is {len(samples) / 16000 * 1000:.0f} ms long, shorter than one video "
+        raise InvalidInputError(f"The audio is {len(samples) / SAMPLE_RATE * 1000:.0f} ms long, shorter than one video "
                                 f"frame at {fps:g} fps; connect a longer clip.")
     if first_window:
         frames = min(frames, WINDOW_VIDEO_FRAMES)
