@@ -12,6 +12,7 @@ from pack_paths import PACK_ROOT
 from reelsmith.engine import host
 from reelsmith.engine.demo_avatar import write_avatar_demo_models
 from reelsmith.engine.errors import InvalidInputError
+from reelsmith.engine.models.avatar_layouts import resolve_avatar_folder
 from reelsmith.nodes import avatar
 
 sys.path.insert(0, str(PACK_ROOT / "scripts"))
@@ -93,3 +94,29 @@ def test_demo_rewrite_of_the_shipped_workflow(demo_roots):
     assert api["5"]["inputs"] == {"image": "portrait.png"} and api["9"]["inputs"] == {"audio": "speech.wav"}
     assert any("image_size 704 -> 256" in change for change in changes)
     assert any("length 'whole audio' -> 'first 129 frames'" in change for change in changes)
+
+
+def test_the_workflow_model_list_fills_a_folder_the_loader_accepts(tmp_path):
+    """download_models.py puts each listed file at <models>/<directory>/<name>: for the avatar workflow that is the
+    vendor tree under models/HunyuanVideo-Avatar, complete for the fp8 workflow (and nothing the loader refuses)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("download_models", PACK_ROOT / "scripts" / "download_models.py")
+    download = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, download)  # its dataclasses look their module up
+    spec.loader.exec_module(download)
+    models = download.collect_models(download.resolve_targets(["hunyuan-avatar"]))
+    assert {(m.repo_id, m.revision, m.directory) for m in models} == {("tencent/HunyuanVideo-Avatar", "main",
+                                                                       "HunyuanVideo-Avatar")}
+    for model in models:  # stand-ins at the places the downloader writes to
+        target = tmp_path / model.directory / model.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+        assert model.filename == model.name and model.name.startswith("ckpts/")
+    llava = tmp_path / "HunyuanVideo-Avatar" / "ckpts" / "llava_llama_image"
+    shards = sorted(p.name for p in llava.glob("model-*.safetensors"))
+    assert shards == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+    (llava / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {str(i): s for i, s in
+                                                                                   enumerate(shards)}}))
+    files = resolve_avatar_folder(tmp_path / "HunyuanVideo-Avatar", prefer_fp8=True)
+    assert files.transformer.format.startswith("vendor fp8") and files.detector is not None and files.notes == []
