@@ -125,14 +125,15 @@ def throw_if_interrupted() -> None:
 
 def _comfy_latent_format(kind: str):
     import comfy.latent_formats as formats
-    return {"wan2.1": formats.Wan21, "wan2.2": formats.Wan22, "ltxv": formats.LTXV}[kind]()
+    return {"wan2.1": formats.Wan21, "wan2.2": formats.Wan22, "ltxv": formats.LTXV,
+            "hunyuanvideo": formats.HunyuanVideo}[kind]()
 
 
 class StepReporter:
     """One progress update per denoising step, with a latent preview; each update is an interrupt point.
 
-    `latent_kind` names the latent space of the x0 given to `step()` ("wan2.1" / "wan2.2", normalized as
-    the transformer sees it) so ComfyUI's previewer for that space can draw it.
+    `latent_kind` names the latent space of the x0 given to `step()` ("wan2.1" / "wan2.2" / "ltxv" /
+    "hunyuanvideo", as the transformer sees it) so ComfyUI's previewer for that space can draw it.
     """
 
     def __init__(self, total_steps: int, latent_kind: str | None = None,

@@ -63,12 +63,27 @@ def object_info_of(node_class) -> dict:
     }
 
 
+# ComfyUI 0.8.0's audio nodes (comfy_extras/nodes_audio.py) are absent from the reference snapshot: that ComfyUI had
+# no torchaudio, which the module imports (LoadAudio itself reads files with PyAV). LoadAudio as ComfyUI 0.8.0's
+# GET /object_info lists it (its options are the server's input folder: empty here).
+CORE_NODES_MISSING_FROM_SNAPSHOT = {
+    "LoadAudio": {
+        "input": {"required": {"audio": ["COMBO", {"multiselect": False, "options": [], "audio_upload": True}]}},
+        "input_order": {"required": ["audio"]},
+        "output": ["AUDIO"], "output_is_list": [False], "output_name": ["AUDIO"], "name": "LoadAudio",
+        "display_name": "Load Audio", "description": "", "category": "audio", "output_node": False,
+    },
+}
+
+
 def combined_object_info() -> dict:
-    """Core ComfyUI 0.8.0 nodes (reference snapshot) plus the pack's own definitions."""
+    """Core ComfyUI 0.8.0 nodes (reference snapshot, plus the audio nodes it lacks) and the pack's own definitions."""
     sys.path.insert(0, str(PACK_ROOT / "scripts"))
     from pack_import import import_pack
     pack = import_pack()
     info = json.loads(REFERENCE_OBJECT_INFO.read_text())
+    for name, definition in CORE_NODES_MISSING_FROM_SNAPSHOT.items():
+        info.setdefault(name, definition)
     info.update({name: object_info_of(cls) for name, cls in pack.NODE_CLASS_MAPPINGS.items()})
     return info
 
@@ -286,6 +301,49 @@ def ltx_two_stage_upscale() -> tuple[list[Node], str]:
     return nodes + delivery_tail(3, "reelsmith/ltx_two_stage_upscale_720p", x=880 + COLUMN), "LTX-Video 13B distilled two-stage upscale 720p"
 
 
+AVATAR_REPO = f"{HF}/tencent/HunyuanVideo-Avatar/resolve/main"
+AVATAR_FOLDER = "HunyuanVideo-Avatar"  # models/HunyuanVideo-Avatar/ckpts/... as `hf download --local-dir` leaves it
+# The files the fp8 workflow needs from tencent/HunyuanVideo-Avatar (paths in the repository).
+AVATAR_FILES = (
+    [f"ckpts/hunyuan-video-t2v-720p/transformers/{name}"
+     for name in ("mp_rank_00_model_states_fp8.pt", "mp_rank_00_model_states_fp8_map.pt")]
+    + [f"ckpts/hunyuan-video-t2v-720p/vae/{name}" for name in ("pytorch_model.pt", "config.json")]
+    + [f"ckpts/llava_llama_image/{name}" for name in (
+        "config.json", "model.safetensors.index.json", *[f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)],
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    + [f"ckpts/text_encoder_2/{name}" for name in (
+        "config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+        "special_tokens_map.json")]
+    + [f"ckpts/whisper-tiny/{name}" for name in ("config.json", "model.safetensors", "preprocessor_config.json")]
+    + ["ckpts/det_align/detface.pt"]
+)
+AVATAR_PROMPT = ("A woman in a light blue blouse speaks warmly to the camera in a bright modern office, natural "
+                 "facial expressions and small head movements, soft daylight from a window.")
+
+
+def hunyuan_avatar() -> tuple[list[Node], str]:
+    """Portrait + speech -> HunyuanVideo-Avatar -> core CreateVideo (frames, trimmed audio, fps) -> core SaveVideo."""
+    loader = Node(1, "ReelsmithHunyuanAvatarLoader", dict(
+        model=AVATAR_FOLDER, precision="fp8_e4m3fn_fast", attention="auto", offload="none"),
+        title="Hunyuan Avatar Loader", pos=(40, 120),
+        models=[{"name": name, "url": f"{AVATAR_REPO}/{name}", "directory": AVATAR_FOLDER} for name in AVATAR_FILES])
+    nodes = [
+        loader,
+        Node(5, "LoadImage", {"image": "portrait.png"}, title="Portrait", pos=(40, 420)),
+        Node(9, "LoadAudio", {"audio": "speech.wav"}, title="Speech", pos=(40, 820)),
+        Node(2, "ReelsmithHunyuanAvatarSampler", dict(
+            prompt=AVATAR_PROMPT, image_size=704, fps="25", steps=50, cfg=7.5, flow_shift=5.0, seed=42,
+            length="whole audio", max_audio_seconds=60.0, faces="largest"),
+            {"avatar_model": (1, 0), "image": (5, 0), "audio": (9, 0)}, title="Hunyuan Avatar Sampler",
+            pos=(460, 120)),
+        Node(3, "CreateVideo", {}, {"images": (2, 0), "audio": (2, 1), "fps": (2, 2)}, title="Create Video",
+             pos=(900, 120)),
+        Node(4, "SaveVideo", dict(filename_prefix="reelsmith/hunyuan_avatar", format="auto", codec="auto"),
+             {"video": (3, 0)}, title="Save Video", pos=(1140, 120)),
+    ]
+    return nodes, "Hunyuan Video Avatar: portrait + speech to talking video"
+
+
 WORKFLOWS = {
     "wan22_t2v_480p": lambda: wan_a14b("t2v", 832, 480),
     "wan22_t2v_720p": lambda: wan_a14b("t2v", 1280, 720),
@@ -295,6 +353,7 @@ WORKFLOWS = {
     "ltx_13b_distilled_i2v_720p": lambda: ltx("i2v", "ltxv-13b-0.9.8-distilled.safetensors"),
     "ltx_keyframes_720p": lambda: ltx("keyframes", "ltxv-13b-0.9.8-dev.safetensors"),
     "ltx_two_stage_upscale_720p": ltx_two_stage_upscale,
+    "hunyuan_avatar_portrait_talking": hunyuan_avatar,
 }
 
 

@@ -45,6 +45,10 @@ DEMO_SUBFOLDER = "reelsmith-demo"
 
 DEMO_SIZE_UNIT = 256  # the invisible watermark needs room (>= 128 px, 32 px blocks); still quick on a CPU
 DEMO_INT_LIMITS = {"frames": 5, "length": 5, "steps": 2}
+DEMO_TO_MINIMUM = ("image_size",)  # set to the widget's declared minimum (Hunyuan Avatar: 256 px)
+# combo widgets set to their cheapest choice where the node offers it (Hunyuan Avatar: one 129-frame window, however
+# long the audio; the clip itself stays as long as the audio up to that)
+DEMO_COMBO_CHOICES = {"length": "first 129 frames"}
 DEMO_LAST_KEYFRAME = 8
 DEMO_NODE_PREFIX = "Reelsmith"
 
@@ -442,7 +446,8 @@ def apply_demo(api: dict, object_info: Mapping[str, Any]) -> list[str]:
     is one of its options and a label rather than a model name (has whitespace, or is none/auto/default/off/disabled).
     Shrink, on nodes whose class_type starts with 'Reelsmith': width/height -> 512x256 landscape, 256x512
     portrait, 256x256 square (multiples of 256, raised to the declared minimum); frames/length -> the shortest valid clip (5, or 9
-    when the widget steps by 8), steps -> 2 (never raised); keyframe frame_index values past 8 -> 8."""
+    when the widget steps by 8), steps -> 2 (never raised); keyframe frame_index values past 8 -> 8; image_size -> its
+    minimum; a `length` combo offering 'first 129 frames' (audio-driven clips) -> that."""
     changes: list[str] = []
     missing: list[str] = []
     for node_id in sorted(api, key=_node_sort_key):
@@ -492,6 +497,16 @@ def apply_demo(api: dict, object_info: Mapping[str, Any]) -> list[str]:
         if _is_int(value) and value > DEMO_LAST_KEYFRAME:
             inputs["frame_index"] = DEMO_LAST_KEYFRAME
             changes.append(f"{label}: frame_index {value} -> {DEMO_LAST_KEYFRAME}")
+        for name in DEMO_TO_MINIMUM:
+            value, minimum = inputs.get(name), _spec_opts(specs.get(name)).get("min")
+            if _is_int(value) and isinstance(minimum, (int, float)) and value > minimum:
+                inputs[name] = int(minimum)
+                changes.append(f"{label}: {name} {value} -> {int(minimum)}")
+        for name, choice in DEMO_COMBO_CHOICES.items():
+            value, options = inputs.get(name), combo_options(specs.get(name))
+            if isinstance(value, str) and options and choice in options and value != choice:
+                inputs[name] = choice
+                changes.append(f"{label}: {name} {value!r} -> {choice!r}")
     if missing:
         raise WorkflowError("--demo: these model selections have no demo counterpart (make them with "
                             "scripts/make_demo_models.py --models-dir DIR):\n  " + "\n  ".join(missing))

@@ -44,6 +44,7 @@ MODEL_SETS: dict[str, list[str]] = {
     "wan22-ti2v-5b": ["wan22_ti2v_5b_720p.json"],
     "ltx-2b": ["ltx_2b_t2v_720p.json"],
     "ltx-13b": ["ltx_13b_distilled_i2v_720p.json", "ltx_keyframes_720p.json"],
+    "hunyuan-avatar": ["hunyuan_avatar_portrait_talking.json"],
 }
 ALL_SET = "all"  # every UI-format workflow in workflows/
 

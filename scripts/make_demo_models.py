@@ -21,11 +21,13 @@ def main(argv=None) -> int:
                         help="a ComfyUI models folder (or an extra_model_paths base) to write into")
     args = parser.parse_args(argv)
     import_pack()
+    from reelsmith.engine.demo_avatar import write_avatar_demo_models
     from reelsmith.engine.demo_ltx import write_ltx_demo_models
     from reelsmith.engine.demo_models import write_demo_models
 
     started = time.monotonic()
-    written = write_demo_models(args.models_dir) + write_ltx_demo_models(args.models_dir)
+    written = (write_demo_models(args.models_dir) + write_ltx_demo_models(args.models_dir)
+               + write_avatar_demo_models(args.models_dir))
     for path in written:
         print(f"  {path.relative_to(args.models_dir)}")
     print(f"Wrote {len(written)} demo models under {args.models_dir} in {time.monotonic() - started:.1f} s.")

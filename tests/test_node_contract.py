@@ -17,6 +17,7 @@ import reelsmith  # noqa: E402
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 MODEL_FILE_INPUTS = {"diffusion_model", "diffusion_model_low_noise", "text_encoder", "vae", "model", "lora_name",
                      "checkpoint", "upscaler"}
+VENDOR_FOLDERS = ("HunyuanVideo-Avatar",)  # models/<folder>/ as `hf download --local-dir` leaves a vendor repo
 OBJECT_INFO = build_workflows.combined_object_info()
 
 
@@ -74,6 +75,8 @@ def _check_api_workflow(api: dict, model_names: set[str], where: str):
                 assert out_type == expected, f"{where}: {name} gets {out_type}, needs {expected}"
             elif isinstance(kind, list) or kind == "COMBO":
                 choices = kind if isinstance(kind, list) else options.get("options", [])
+                if options.get("image_upload") or options.get("audio_upload"):
+                    continue  # lists the server's input folder; a workflow names the file its user uploads
                 if name in MODEL_FILE_INPUTS and node["class_type"].startswith("Reelsmith"):
                     assert value in model_names or value in ("none", "single files (pick below)"), \
                         f"{where}: {name}={value!r} is not in the workflow's model list"
@@ -99,8 +102,9 @@ def test_workflow_valid_in_both_formats(path):
     for model in models:
         assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
         assert model["directory"] in ("diffusion_models", "text_encoders", "vae", "loras", "checkpoints",
-                                      "latent_upscale_models")
-    names = {m["name"] for m in models}
+                                      "latent_upscale_models") + VENDOR_FOLDERS
+    # a vendor folder loader names the folder its files go to
+    names = {m["name"] for m in models} | {m["directory"] for m in models if m["directory"] in VENDOR_FOLDERS}
     _check_api_workflow(api, names, f"{path.name} (API)")
     converted = convert_ui_to_api(ui, OBJECT_INFO)
     strip = lambda wf: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in wf.items()}  # noqa: E731

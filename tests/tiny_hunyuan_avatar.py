@@ -1,8 +1,7 @@
 """The tiny HunyuanVideo-Avatar transformer the avatar tests share, its inputs, and tiny vendor-layout files.
 
-Config: DESIGN.md's tiny HunyuanVideo (in/out 4, 2 heads of 10, text width 16, pooled 8, rope axes
-(2, 4, 4), one refiner and one single block) with 2 double blocks, because the audio adapters follow every
-other double block (block 1 here); whisper features of 4 channels instead of 384.
+Config: `engine/demo_avatar.TINY_TRANSFORMER` (one definition, shared with the demo models; see its comment);
+the fp8 rules (`is_fp8_weight`, `quantize`, `snap_to_fp8`) are the demo writer's too.
 """
 
 import pathlib
@@ -10,17 +9,13 @@ import pathlib
 import torch
 from safetensors.torch import save_file
 
-from reelsmith.engine.models import checkpoint_io, hunyuan_avatar_keys as keys
+from reelsmith.engine.demo_avatar import (TINY_TRANSFORMER as TINY_CONFIG, is_fp8_weight, quantize,  # noqa: F401
+                                          snap_to_fp8)
+from reelsmith.engine.models import checkpoint_io
 from reelsmith.engine.models.hunyuan_avatar_checkpoint import BF16_FILE, FP8_FILE, FP8_MAP_FILE, TRANSFORMERS_DIR
 from reelsmith.engine.models.hunyuan_avatar_transformer import HunyuanAvatarTransformer
 
-TINY_CONFIG = dict(
-    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
-    num_single_layers=1, num_refiner_layers=1, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
-    audio_window=10, audio_layers=5, audio_channels=4, audio_hidden_dim=16, adapter_inner_dim=8,
-)
 HIDDEN = 20
-FP8_MAX = 448.0
 
 
 def tiny_avatar(seed: int = 0) -> HunyuanAvatarTransformer:
@@ -62,29 +57,6 @@ def run(model, **overrides) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ vendor-layout files
-
-
-def is_fp8_weight(vendor_key: str, tensor: torch.Tensor) -> bool:
-    """The tensors the vendor's fp8 file stores as fp8: Linear weights of the double and single blocks."""
-    return vendor_key.startswith(("double_blocks.", "single_blocks.")) and vendor_key.endswith(".weight") and tensor.ndim == 2
-
-
-def quantize(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float -> (fp8 e4m3fn, bf16-representable float32 scale), weight ~= fp8 * scale."""
-    scale = (tensor.abs().amax() / FP8_MAX).to(torch.bfloat16).float()
-    return (tensor / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
-
-
-def snap_to_fp8(model: HunyuanAvatarTransformer) -> dict[str, torch.Tensor]:
-    """Round the block Linear weights to what an fp8 file can hold, so that the bf16, fp8 and safetensors files
-    written from `model` carry identical values. Returns the vendor state dict (float32)."""
-    vendor = {k: v.clone() for k, v in keys.ours_to_vendor(model.state_dict()).items()}
-    for key, tensor in vendor.items():
-        if is_fp8_weight(key, tensor):
-            fp8, scale = quantize(tensor)
-            vendor[key] = fp8.float() * scale
-    model.load_state_dict(keys.vendor_to_ours(vendor, HIDDEN, "test"))
-    return vendor
 
 
 def transformers_folder(root: pathlib.Path) -> pathlib.Path:

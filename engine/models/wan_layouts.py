@@ -56,8 +56,9 @@ def is_release_folder(folder: pathlib.Path) -> bool:
     return folder.is_dir() and any((folder / marker).exists() for marker in RELEASE_MARKERS)
 
 
-def discover_wan_folders(models_roots) -> dict[str, pathlib.Path]:
-    """Readable name -> folder, for every Wan diffusers or release folder under the given roots."""
+def discover_folders(models_roots, matches) -> dict[str, pathlib.Path]:
+    """Readable name (path under its root) -> folder, for every folder one or two levels under the given roots for
+    which `matches(folder)` is true (a matching folder is not searched further). Any family's vendor folders."""
     found: dict[str, pathlib.Path] = {}
     for root in models_roots:
         root = pathlib.Path(root)
@@ -68,13 +69,17 @@ def discover_wan_folders(models_roots) -> dict[str, pathlib.Path]:
             if not child.is_dir():
                 continue
             candidates.append(child)
-            if not (is_release_folder(child) or is_diffusers_wan_folder(child)):
+            if not matches(child):
                 candidates += sorted(c for c in child.iterdir() if c.is_dir())  # one more level
         for folder in candidates:
-            if is_diffusers_wan_folder(folder) or is_release_folder(folder):
-                name = folder.relative_to(root).as_posix()
-                found.setdefault(name, folder)
+            if matches(folder):
+                found.setdefault(folder.relative_to(root).as_posix(), folder)
     return found
+
+
+def discover_wan_folders(models_roots) -> dict[str, pathlib.Path]:
+    """Readable name -> folder, for every Wan diffusers or release folder under the given roots."""
+    return discover_folders(models_roots, lambda folder: is_diffusers_wan_folder(folder) or is_release_folder(folder))
 
 
 def release_download_command(folder: pathlib.Path) -> str:

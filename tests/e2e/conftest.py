@@ -73,6 +73,29 @@ def models_dir(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+TORCHAUDIO_STAND_IN = '''"""Stand-in written by Reelsmith's end-to-end tests: the server's interpreter has no torchaudio, which ComfyUI's
+comfy_extras/nodes_audio.py imports at its top although its LoadAudio reads files with PyAV. Every attribute is
+missing, so anything that really needs torchaudio still fails."""
+
+
+def __getattr__(name):
+    raise AttributeError(f"torchaudio is not installed here (end-to-end test stand-in); no torchaudio.{name}")
+'''
+
+
+def _server_env(python: str, scratch: pathlib.Path) -> dict | None:
+    """The server's environment: unchanged, unless its interpreter lacks torchaudio; then a stand-in module goes on
+    PYTHONPATH so that ComfyUI's core audio nodes (LoadAudio, which the avatar workflow uses) load."""
+    probe = subprocess.run([python, "-c", "import torchaudio"], capture_output=True, stdin=subprocess.DEVNULL)
+    if probe.returncode == 0:
+        return None
+    (scratch / "torchaudio").mkdir(parents=True)
+    (scratch / "torchaudio" / "__init__.py").write_text(TORCHAUDIO_STAND_IN)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(scratch), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 @pytest.fixture(scope="session")
 def comfyui_server(request, tmp_path_factory):
     """The running server as (client, models_dir, log_path); see E2EServer for the other attributes."""
@@ -88,9 +111,10 @@ def comfyui_server(request, tmp_path_factory):
     for path in scratch.values():
         path.mkdir()
     log_path = base / "comfyui.log"
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     server = comfyui_client.ComfyUIServer(
         comfyui_dir, packs={PACK_NAME: PACK_ROOT}, models_dirs=[models_dir],
-        python=os.environ.get("COMFYUI_PYTHON") or sys.executable, log_path=log_path,
+        python=python, log_path=log_path, env=_server_env(python, base / "stand-ins"),
         startup_timeout=float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "300")),
         extra_args=["--input-directory", str(scratch["input"]), "--output-directory", str(scratch["output"]),
                     "--temp-directory", str(scratch["temp"]), "--user-directory", str(scratch["user"]),
