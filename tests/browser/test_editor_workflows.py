@@ -17,6 +17,10 @@ pytestmark = pytest.mark.e2e
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted(p.stem for p in (PACK_ROOT / "workflows").glob("*.json"))
+# The full flow below (loader status, width/frames, Encode Video) is the Wan and LTX workflows'; the avatar
+# workflow (image_size, core SaveVideo, no loader status yet) has its own, shorter test.
+AVATAR_WORKFLOWS = [w for w in WORKFLOWS if w.startswith("hunyuan_avatar")]
+FULL_FLOW_WORKFLOWS = [w for w in WORKFLOWS if w not in AVATAR_WORKFLOWS]
 H100_DEVICE = "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync"
 
 
@@ -41,7 +45,25 @@ def test_templates_list_has_every_shipped_workflow(editor_server):
     assert sorted(listed.get("Reelsmith", [])) == WORKFLOWS
 
 
-@pytest.mark.parametrize("name", WORKFLOWS)
+@pytest.mark.parametrize("name", AVATAR_WORKFLOWS)
+def test_avatar_workflow_snaps_and_presets_in_the_editor(editor, editor_server, name):
+    rules = _get(f"{editor_server.url}/api/reelsmith/editor/rules")
+    editor.open()
+    editor.open_template("Reelsmith", name)
+    editor.shot("loaded")
+    sampler = editor.node_ids("ReelsmithHunyuanAvatarSampler")[0]
+    editor.center_on(sampler)
+    step = rules["samplers"]["ReelsmithHunyuanAvatarSampler"]["size"]["multiple"]
+    editor.type_into_widget(sampler, "image_size", "1000", shot="typing-image-size")
+    assert editor.widget_value(sampler, "image_size") == _on_grid(1000, step) == 1024
+    editor.pick_from_combo(sampler, "resolution preset", "720p square", shot="presets")
+    assert editor.widget_value(sampler, "image_size") == 704
+    editor.shot("snapped")
+    assert not editor.page_errors, editor.page_errors
+    assert not editor.our_console_problems()
+
+
+@pytest.mark.parametrize("name", FULL_FLOW_WORKFLOWS)
 def test_shipped_workflow_in_the_editor(editor, editor_server, name):
     url = editor_server.url
     rules = _get(f"{url}/api/reelsmith/editor/rules")
