@@ -172,6 +172,28 @@ def read_metadata(path) -> dict[str, str]:
     return _open_safetensors(files[0]).metadata() or {}
 
 
+def key_list_text(keys: list[str]) -> str:
+    """"'first' (and N more)": how messages name a list of offending keys."""
+    return f"'{keys[0]}'" + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+
+
+def rename_keys(state_dict: dict, rename, source: str, refusal: str, skip=lambda key: False) -> dict:
+    """{rename(key): tensor} for every key (`skip` drops known-unused ones); a key `rename` maps to None is
+    refused: CheckpointMismatchError "<source>: unexpected key 'k' (and N more)<refusal>"."""
+    converted, unknown = {}, []
+    for key, tensor in state_dict.items():
+        if skip(key):
+            continue
+        new_key = rename(key)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = tensor
+    if unknown:
+        raise CheckpointMismatchError(f"{source}: unexpected key {key_list_text(unknown)}{refusal}")
+    return converted
+
+
 def check_keys_and_shapes(expected: dict[str, Iterable[int]], found: dict[str, torch.Tensor | tuple],
                           source: str, layout: str, ignore: Iterable[str] = ()) -> None:
     """Raise CheckpointMismatchError naming the first missing, unexpected or mis-shaped key."""
@@ -180,11 +202,9 @@ def check_keys_and_shapes(expected: dict[str, Iterable[int]], found: dict[str, t
     unexpected = sorted(k for k in found if k not in expected and k not in ignored)
     problems = []
     if missing:
-        problems.append(f"missing key '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        problems.append(f"missing key {key_list_text(missing)}")
     if unexpected:
-        problems.append(
-            f"unexpected key '{unexpected[0]}'" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-        )
+        problems.append(f"unexpected key {key_list_text(unexpected)}")
     for key, shape in expected.items():
         if key in found:
             got = tuple(found[key].shape) if isinstance(found[key], torch.Tensor) else tuple(found[key])

@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointMismatchError
+from . import checkpoint_io
 
 VENDOR_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 LAYOUT_VENDOR = "HunyuanVideo-Avatar vendor"  # the naming of mp_rank_00_model_states.pt (under `module`)
@@ -200,8 +201,8 @@ def vendor_to_ours(state_dict: Mapping[str, torch.Tensor], hidden_size: int, sou
             converted[f"{our_prefix}{target}.{param}"] = tensor.narrow(0, start, length) if len(pieces) > 1 else tensor
     if unknown:
         raise CheckpointMismatchError(
-            f"{source}: unexpected key '{unknown[0]}'" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + f" for the {layout} layout of the HunyuanVideo-Avatar transformer. This is not a HunyuanVideo-Avatar "
+            f"{source}: unexpected key {checkpoint_io.key_list_text(unknown)}"
+            f" for the {layout} layout of the HunyuanVideo-Avatar transformer. This is not a HunyuanVideo-Avatar "
             "transformer file, or it was saved by a tool that renamed its keys."
         )
     return converted

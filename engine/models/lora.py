@@ -327,9 +327,8 @@ def load_wan_lora(path) -> LoraFile:
         )
     if unknown:
         raise ModelFilesError(
-            f"{path}: key '{unknown[0]}'"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + " is not a LoRA tensor for a layer of the Wan transformer. The file mixes Wan layers with "
+            f"{path}: key {checkpoint_io.key_list_text(unknown)}"
+            " is not a LoRA tensor for a layer of the Wan transformer. The file mixes Wan layers with "
             "something else (another model's layers, a text encoder, an unsupported adapter kind)."
         )
 

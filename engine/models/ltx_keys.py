@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 
 from ..errors import CheckpointMismatchError
+from . import checkpoint_io
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 VAE_PREFIX = "vae."
@@ -128,21 +129,10 @@ def is_diffusers_transformer_naming(keys) -> bool:
 
 def convert_transformer_state_dict(state_dict: dict, source: str) -> dict:
     """Original-named transformer state dict -> diffusers names. Unknown keys raise, naming them."""
-    converted, unknown = {}, []
-    for key, tensor in state_dict.items():
-        new_key = original_transformer_key_to_diffusers(key)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            converted[new_key] = tensor
-    if unknown:
-        raise CheckpointMismatchError(
-            f"{source}: unexpected key '{unknown[0]}'"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + " for the original LTX-Video transformer layout. This is not an LTX-Video 0.9.x transformer "
-            "(a LoRA, an LTX-2 audio-video model, or another family?)."
-        )
-    return converted
+    return checkpoint_io.rename_keys(
+        state_dict, original_transformer_key_to_diffusers, source,
+        " for the original LTX-Video transformer layout. This is not an LTX-Video 0.9.x transformer "
+        "(a LoRA, an LTX-2 audio-video model, or another family?).")
 
 
 # ------------------------------------------------------------------ VAE
@@ -301,22 +291,10 @@ def diffusers_vae_key_to_original(key: str, version: str) -> str | None:
 def convert_vae_state_dict(state_dict: dict, source: str, version: str | None = None) -> tuple[dict, str]:
     """Original-named VAE state dict (keys maybe under `vae.`) -> (diffusers state dict, version)."""
     version = version or detect_vae_version({k: tuple(v.shape) for k, v in state_dict.items()})
-    converted, unknown = {}, []
-    for key, tensor in state_dict.items():
-        if strip_vae_prefix(key) in VAE_UNUSED_ORIGINAL_KEYS:
-            continue
-        new_key = original_vae_key_to_diffusers(key, version)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            converted[new_key] = tensor
-    if unknown:
-        raise CheckpointMismatchError(
-            f"{source}: unexpected key '{unknown[0]}'"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + f" for the original LTX-Video {version} VAE layout. The file is not an LTX-Video 0.9.x VAE, "
-            "or it is damaged."
-        )
+    converted = checkpoint_io.rename_keys(
+        state_dict, lambda key: original_vae_key_to_diffusers(key, version), source,
+        f" for the original LTX-Video {version} VAE layout. The file is not an LTX-Video 0.9.x VAE, or it is damaged.",
+        skip=lambda key: strip_vae_prefix(key) in VAE_UNUSED_ORIGINAL_KEYS)
     return converted, version
 
 
@@ -341,12 +319,7 @@ def diffusers_upscaler_key_to_original(key: str) -> str | None:
 
 def convert_upscaler_state_dict(state_dict: dict, source: str) -> dict:
     """Original upscaler state dict -> diffusers names (the same), refusing keys that are not part of it."""
-    unknown = [k for k in state_dict if original_upscaler_key_to_diffusers(k) is None]
-    if unknown:
-        raise CheckpointMismatchError(
-            f"{source}: unexpected key '{unknown[0]}'"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + " for the LTX-Video spatial latent upscaler layout (ltxv-spatial-upscaler-0.9.7/0.9.8). Upscalers "
-            "with a rational resampler ('upsampler.conv') or LTX-2 upscalers are not supported by diffusers 0.42.1."
-        )
-    return dict(state_dict)
+    return checkpoint_io.rename_keys(
+        state_dict, original_upscaler_key_to_diffusers, source,
+        " for the LTX-Video spatial latent upscaler layout (ltxv-spatial-upscaler-0.9.7/0.9.8). Upscalers "
+        "with a rational resampler ('upsampler.conv') or LTX-2 upscalers are not supported by diffusers 0.42.1.")

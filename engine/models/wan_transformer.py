@@ -54,9 +54,8 @@ def _read_original(path: pathlib.Path, source: str):
         state_dict[new_key] = tensor
     if unknown:
         raise CheckpointMismatchError(
-            f"{source}: unexpected key '{unknown[0]}'"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + " for the original Wan layout. This is not a Wan 2.2 transformer file (a LoRA, a VACE or "
+            f"{source}: unexpected key {checkpoint_io.key_list_text(unknown)}"
+            " for the original Wan layout. This is not a Wan 2.2 transformer file (a LoRA, a VACE or "
             "Animate model, or another family?)."
         )
     return state_dict, quantized
