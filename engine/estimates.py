@@ -40,6 +40,7 @@ No candidate row: the estimate says "no measurement" and names what was measured
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -137,14 +138,24 @@ def parse_rows(data, source: str = "benchmark table") -> list[BenchmarkRow]:
 
 
 def load_rows(path: str | pathlib.Path = BENCHMARKS_PATH) -> list[BenchmarkRow]:
+    """The table's rows, parsed once per version of the file (the editor asks on every widget change)."""
     path = pathlib.Path(path)
     try:
-        data = json.loads(path.read_text())
+        stamp = path.stat().st_mtime_ns
+    except OSError as error:
+        raise InvalidInputError(f"{path}: cannot read the benchmark table ({error}).") from error
+    return list(_parsed_rows(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_rows(path: str, stamp: int) -> tuple[BenchmarkRow, ...]:
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot read the benchmark table ({error}).") from error
     except ValueError as error:
         raise InvalidInputError(f"{path}: not valid JSON ({error}).") from error
-    return parse_rows(data, str(path))
+    return tuple(parse_rows(data, path))
 
 
 def gpu_name_from_device(device_name: str) -> str:

@@ -13,6 +13,7 @@ ComfyUI's PromptServer when there is one (ComfyUI also serves them under /api/..
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import pathlib
@@ -152,7 +153,14 @@ def _load_download_script():
 @lru_cache(maxsize=1)
 def shipped_model_sets() -> dict[tuple[str, str], tuple[str, ...]]:
     """(models folder, file name) -> the download_models.py model sets that fetch it, from the shipped
-    workflows' own model lists."""
+    workflows' own model lists; read again only when a workflow file changes (the editor asks on every
+    loader widget change)."""
+    workflows = sorted((PACK_ROOT / "workflows").glob("*.json"))
+    return dict(_model_sets_of(tuple((str(p), p.stat().st_mtime_ns) for p in workflows)))
+
+
+@functools.lru_cache(maxsize=2)
+def _model_sets_of(stamps: tuple) -> tuple:
     script = _load_download_script()
     found: dict[tuple[str, str], tuple[str, ...]] = {}
     for set_name in script.MODEL_SETS:
@@ -163,7 +171,7 @@ def shipped_model_sets() -> dict[tuple[str, str], tuple[str, ...]]:
             continue
         for model in models:
             found[(model.directory, model.name)] = found.get((model.directory, model.name), ()) + (set_name,)
-    return found
+    return tuple(found.items())
 
 
 def download_models_command(set_name: str, models_dir: str | None) -> str:
