@@ -94,22 +94,32 @@ def snap_to_fp8(model: HunyuanAvatarTransformer) -> dict[str, torch.Tensor]:
     return vendor
 
 
-def write_transformer_files(vendor: dict, folder: pathlib.Path, config: dict) -> list[pathlib.Path]:
-    """`mp_rank_00_model_states.pt` and the fp8 pair in `folder`, the config beside each weights file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    bf16 = folder / BF16_FILE
-    torch.save({"module": {k: v.contiguous() for k, v in vendor.items()}, "dp_world_size": 1}, bf16)
+def write_vendor_pt(vendor: dict, path: pathlib.Path, config: dict) -> pathlib.Path:
+    """`mp_rank_00_model_states.pt`: the state dict under `module`, the config beside it."""
+    torch.save({"module": {k: v.contiguous() for k, v in vendor.items()}, "dp_world_size": 1}, path)
+    checkpoint_io.write_config_hint(path, config)
+    return path
+
+
+def write_vendor_fp8(vendor: dict, folder: pathlib.Path, config: dict) -> tuple[pathlib.Path, pathlib.Path]:
+    """The `_fp8.pt` + `_fp8_map.pt` pair: fp8 weights with one scale per quantised linear."""
     weights, scales = {}, {}
     for key, tensor in vendor.items():
         if is_fp8_weight(key, tensor):
             weights[key], scales[key[: -len(".weight")]] = quantize(tensor)
         else:
             weights[key] = tensor.contiguous()
-    torch.save({"module": weights}, folder / FP8_FILE)
-    torch.save({"module": scales}, folder / FP8_MAP_FILE)
-    for path in (bf16, folder / FP8_FILE):
-        checkpoint_io.write_config_hint(path, config)
-    return [bf16, folder / FP8_FILE, folder / FP8_MAP_FILE]
+    path, map_path = folder / FP8_FILE, folder / FP8_MAP_FILE
+    torch.save({"module": weights}, path)
+    torch.save({"module": scales}, map_path)
+    checkpoint_io.write_config_hint(path, config)
+    return path, map_path
+
+
+def write_transformer_files(vendor: dict, folder: pathlib.Path, config: dict) -> list[pathlib.Path]:
+    """`mp_rank_00_model_states.pt` and the fp8 pair in `folder`, the config beside each weights file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_vendor_pt(vendor, folder / BF16_FILE, config), *write_vendor_fp8(vendor, folder, config)]
 
 
 # ------------------------------------------------------------------ tiny modules

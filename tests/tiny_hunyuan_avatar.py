@@ -9,10 +9,11 @@ import pathlib
 import torch
 from safetensors.torch import save_file
 
-from reelsmith.engine.demo_avatar import (TINY_TRANSFORMER as TINY_CONFIG, is_fp8_weight, quantize,  # noqa: F401
+from reelsmith.engine import demo_avatar
+from reelsmith.engine.demo_avatar import (TINY_TRANSFORMER as TINY_CONFIG, quantize,  # noqa: F401  (re-exported)
                                           snap_to_fp8)
 from reelsmith.engine.models import checkpoint_io
-from reelsmith.engine.models.hunyuan_avatar_checkpoint import BF16_FILE, FP8_FILE, FP8_MAP_FILE, TRANSFORMERS_DIR
+from reelsmith.engine.models.hunyuan_avatar_checkpoint import BF16_FILE, TRANSFORMERS_DIR
 from reelsmith.engine.models.hunyuan_avatar_transformer import HunyuanAvatarTransformer
 
 HIDDEN = 20
@@ -66,23 +67,11 @@ def transformers_folder(root: pathlib.Path) -> pathlib.Path:
 
 
 def write_vendor_pt(vendor: dict, path: pathlib.Path) -> pathlib.Path:
-    torch.save({"module": {k: v.contiguous() for k, v in vendor.items()}, "dp_world_size": 1}, path)
-    checkpoint_io.write_config_hint(path, TINY_CONFIG)
-    return path
+    return demo_avatar.write_vendor_pt(vendor, path, TINY_CONFIG)
 
 
 def write_vendor_fp8(vendor: dict, folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    weights, scales = {}, {}
-    for key, tensor in vendor.items():
-        if is_fp8_weight(key, tensor):
-            weights[key], scales[key[: -len(".weight")]] = quantize(tensor)
-        else:
-            weights[key] = tensor.contiguous()
-    path, map_path = folder / FP8_FILE, folder / FP8_MAP_FILE
-    torch.save({"module": weights}, path)
-    torch.save({"module": scales}, map_path)
-    checkpoint_io.write_config_hint(path, TINY_CONFIG)
-    return path, map_path
+    return demo_avatar.write_vendor_fp8(vendor, folder, TINY_CONFIG)
 
 
 def write_safetensors(state: dict, path: pathlib.Path, prefix: str = "") -> pathlib.Path:
