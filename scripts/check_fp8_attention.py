@@ -48,7 +48,6 @@ TINY_SHAPES = {
     "tiny-64": ("tiny, head dim 64", 3, 64, 100),
     "tiny-128": ("tiny, head dim 128", 3, 128, 150),
 }
-SIZES = {"480p": (832, 480), "720p": (1280, 720)}
 
 
 def import_engine():
@@ -240,9 +239,8 @@ def check_forward(args) -> list[dict]:
     fp8_options = {"config": args.config, "qk_dtype": args.qk_dtype[0]}
     rows = []
     for size in args.size:
-        width, height = SIZES[size]
         generator = torch.Generator(device=device).manual_seed(0)
-        latents = torch.randn(1, model.config.in_channels, (args.frames - 1) // 4 + 1, height // 8, width // 8,
+        latents = torch.randn(Workload("wan", "t2v-a14b", size, args.frames).latent_shape(),
                               generator=generator, device=device).to(torch.bfloat16)
         text = torch.randn(1, 512, 4096, generator=generator, device=device).to(torch.bfloat16)
         timestep = torch.tensor([500.0], device=device)
@@ -314,7 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", type=float, default=240.0,
                         help="seconds after which the remaining kernel paths are skipped (and reported so)")
     parser.add_argument("--forward", action="store_true", help="full Wan A14B forward: fp8 backend vs cuDNN")
-    parser.add_argument("--size", nargs="+", default=["480p", "720p"], choices=list(SIZES))
+    parser.add_argument("--size", nargs="+", default=["480p", "720p"], choices=["480p", "720p"])
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
