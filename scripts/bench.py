@@ -273,18 +273,10 @@ def merge_into_table(table: pathlib.Path, rows: list[dict]) -> None:
                      for k in ("gpu", "model_family", "variant", "size", "frames", "implementation",
                                "precision", "attention", "compile"))
 
-    existing = json.loads(table.read_text()) if table.is_file() else []
-    if isinstance(existing, dict):  # a table with a header object keeps it
-        existing_rows = existing.get("rows", [])
-    else:
-        existing_rows = existing
+    existing = json.loads(table.read_text()) if table.is_file() else []  # a JSON list (engine/estimates.py)
     fresh = {key(r) for r in rows}
-    merged = [r for r in existing_rows if key(r) not in fresh] + rows
-    if isinstance(existing, dict):
-        existing["rows"] = merged
-        table.write_text(json.dumps(existing, indent=2) + "\n")
-    else:
-        table.write_text(json.dumps(merged, indent=2) + "\n")
+    merged = [r for r in existing if key(r) not in fresh] + rows
+    table.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
