@@ -182,7 +182,7 @@ def run_once(model, args, clock: StageClock) -> dict:
         video = avatar_generate.generate_avatar_video(
             model, image=image, audio=audio, prompt=demo_avatar.DEMO_PROMPT, image_size=args.size, fps=25.0,
             steps=args.steps, seed=0, length=avatar_generate.FIRST_WINDOW if args.first_window else avatar_generate.WHOLE_AUDIO,
-            on_step=on_step)
+            batch_guidance=not args.separate_guidance, on_step=on_step)
     finally:
         for owner, name, original in originals:
             if owner is model:
@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.2, help="audio length (5.16 s = 129 frames at 25 fps)")
     parser.add_argument("--first-window", action="store_true", help="length mode 'first 129 frames'")
+    parser.add_argument("--separate-guidance", action="store_true",
+                        help="run the guidance branches as two batch-1 forwards instead of one batch-2 forward")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--offload", nargs="+", default=["none"])
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
         clock = StageClock()
         row = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, precision=args.precision,
                    attention=args.attention, offload=offload, size=args.size, steps=args.steps,
-                   audio_seconds=args.seconds)
+                   audio_seconds=args.seconds, batch_guidance=not args.separate_guidance)
         model = None
         try:
             model = build_model(args.precision, offload, args.attention, encoders, detector, device)

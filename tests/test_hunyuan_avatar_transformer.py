@@ -285,6 +285,26 @@ def test_batch_rows_are_independent(model):
             torch.testing.assert_close(model(**alone), together[row:row + 1], rtol=1e-4, atol=1e-5)
 
 
+def test_rows_with_different_text_lengths_run_without_a_mask(model, monkeypatch):
+    """A masked attention leaves the fast kernels, so a batch whose rows differ in text length runs row by row,
+    each without padding and without a mask (the result is checked against the vendor's masked math above)."""
+    batch = inputs(batch=2)
+    assert batch["encoder_attention_mask"].sum(dim=1).unique().numel() == 2  # the rows do differ
+    seen = []
+    block = model.transformer_blocks[0]
+    original = type(block).forward
+    monkeypatch.setattr(type(block), "forward", lambda self, *a, **k: seen.append(a[3]) or original(self, *a, **k))
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.shape[0] == 2
+    assert len(seen) == 2 * len(model.transformer_blocks) and all(mask is None for mask in seen)
+    same = dict(batch, encoder_attention_mask=batch["encoder_attention_mask"][:1].repeat(2, 1))
+    seen.clear()
+    with torch.no_grad():
+        model(**same)
+    assert len(seen) == len(model.transformer_blocks)  # equal lengths: one batched pass
+
+
 def test_bad_inputs_are_refused(model):
     with pytest.raises(InvalidInputError, match=r"audio_features must be \[B=1, 9, 10, 5, 4\]"):
         run(model, audio_features=torch.zeros(1, 12, 10, 5, 4))
