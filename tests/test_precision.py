@@ -285,3 +285,51 @@ def test_fp8_fast_wires_scaled_mm_where_supported(monkeypatch):
 
     notes = apply_precision(tiny_wan(), "fp8_e4m3fn_fast", CPU)  # width 24: not a multiple of 16
     assert len(notes) == 1 and "divisible by 16" in notes[0]
+
+
+def _fp8_scaled_file(tmp_path):
+    from reelsmith.engine import demo_models
+
+    path = tmp_path / "wan_fp8_scaled.safetensors"
+    demo_models.write_transformer_single_file(demo_models.tiny_transformer("t2v-a14b", 5), path, fp8_scaled=True)
+    return path
+
+
+@pytest.mark.parametrize("fp8_scope", ["all blocks", "all but one"])
+def test_fp8_load_makes_no_float_copy_and_matches_the_dequantizing_load(tmp_path, fp8_scope):
+    """With an fp8 precision the loader leaves placeholders where the fp8_scaled file's weights go; the result
+    equals loading with float copies, and any layer the precision leaves as a Linear gets its dequantized weight."""
+    from reelsmith.engine.models.wan_transformer import load_wan_transformer
+
+    path = _fp8_scaled_file(tmp_path)
+    layers = None
+    if fp8_scope == "all but one":
+        layers = lambda m: [n for n in precision.repeated_block_linears(m) if n != "blocks.0.attn1.to_q"]  # noqa: E731
+    scope = {} if layers is None else {"fp8_layers": layers}
+
+    kept = load_wan_transformer(path, "ComfyUI single file", keep_fp8_as=torch.float8_e4m3fn)
+    assert kept.placeholders and kept.placeholders <= set(kept.quantized)
+    apply_precision(kept.model, "fp8_e4m3fn", CPU, quantized=kept.quantized, **scope)
+    filled = kept.fill_placeholders()
+    assert filled == (0 if layers is None else 1)
+
+    copied = load_wan_transformer(path, "ComfyUI single file")
+    assert not copied.placeholders
+    apply_precision(copied.model, "fp8_e4m3fn", CPU, quantized=copied.quantized, **scope)
+    assert copied.fill_placeholders() == 0
+    inputs = wan_inputs()
+    torch.testing.assert_close(run(kept.model, inputs), run(copied.model, inputs), rtol=0, atol=0)
+    if layers is not None:
+        leftover = kept.model.blocks[0].attn1.to_q
+        assert type(leftover) is torch.nn.Linear
+        torch.testing.assert_close(leftover.weight, copied.model.blocks[0].attn1.to_q.weight, rtol=0, atol=0)
+
+
+def test_fp8_load_placeholders_only_for_the_stored_fp8_format(tmp_path):
+    from reelsmith.engine.models.wan_transformer import load_wan_transformer
+
+    path = _fp8_scaled_file(tmp_path)
+    # e5m2 asked for, e4m3 stored: the weights are re-quantized from float copies, so every copy is made
+    assert not load_wan_transformer(path, "ComfyUI single file", keep_fp8_as=torch.float8_e5m2).placeholders
+    assert precision.fp8_storage_dtype("bf16") is None
+    assert precision.fp8_storage_dtype("fp8_e4m3fn_fast") == torch.float8_e4m3fn

@@ -341,6 +341,11 @@ def _scaled_mm_shape_ok(in_features: int, out_features: int) -> bool:
     return in_features % 16 == 0 and out_features % 16 == 0
 
 
+def fp8_storage_dtype(precision: str) -> torch.dtype | None:
+    """The dtype `precision` stores Linear weights in when it is an fp8 precision, else None."""
+    return _FP8_DTYPES.get(precision)
+
+
 def apply_precision(
     model: nn.Module,
     precision: str,

@@ -120,9 +120,11 @@ class WanModel(OffloadRules):
 
 def _load_expert(path, name: str, files: WanModelFiles, options: WanLoadOptions,
                  device: torch.device, notes: list[str]) -> tuple[LoadedTransformer, WanExpert]:
-    loaded = load_wan_transformer(path, files.layout, label=f"{files.label} ({name}) {path}")
+    loaded = load_wan_transformer(path, files.layout, label=f"{files.label} ({name}) {path}",
+                                  keep_fp8_as=precision.fp8_storage_dtype(options.precision))
     model = loaded.model
     notes += precision.apply_precision(model, options.precision, device, quantized=loaded.quantized or None)
+    loaded.fill_placeholders()
     backend = attention.resolve_attention_backend(options.attention, device)
     attention.apply_attention_backend(model, backend)
     if options.offload != "none":

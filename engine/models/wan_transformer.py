@@ -29,13 +29,29 @@ class LoadedTransformer:
     # fp8 weights of an fp8_scaled file, by diffusers Linear name: (fp8 weight, scale). Kept so an fp8
     # precision choice can use them directly instead of dequantizing and quantizing again.
     quantized: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    # Linear names whose float weight was never made (see `keep_fp8_as`): an fp8 precision replaces them with
+    # the stored fp8 weights; `fill_placeholders` dequantizes whatever the precision did not take.
+    placeholders: frozenset[str] = frozenset()
+
+    def fill_placeholders(self) -> int:
+        """Dequantize the stored weight into every placeholder Linear the precision left as a plain Linear
+        (call after `apply_precision`); returns how many it filled."""
+        filled = 0
+        for name in self.placeholders:
+            module = self.model.get_submodule(name)
+            if isinstance(module, torch.nn.Linear):
+                weight, scale = self.quantized[name]
+                module.weight = torch.nn.Parameter(
+                    (weight.float() * scale).to(module.weight.dtype).to(module.weight.device), requires_grad=False)
+                filled += 1
+        return filled
 
 
-def _read_original(path: pathlib.Path, source: str):
-    """Original-named checkpoint -> (diffusers-named state dict, quantized weights, num_heads hint)."""
+def _read_original(path: pathlib.Path, source: str, keep_fp8_as: torch.dtype | None = None):
+    """Original-named checkpoint -> (diffusers-named state dict, quantized weights, placeholder Linear names)."""
     raw = checkpoint_io.read_state_dict(path)
     scales = {k[: -len(".scale_weight")]: v for k, v in raw.items() if k.endswith(".scale_weight")}
-    state_dict, quantized, unknown = {}, {}, []
+    state_dict, quantized, unknown, placeholders = {}, {}, [], set()
     for key, tensor in raw.items():
         bare = wan_keys.strip_comfyui_prefix(key)
         if key.endswith(".scale_weight") or key.endswith(".scale_input") or bare == "scaled_fp8":
@@ -47,8 +63,16 @@ def _read_original(path: pathlib.Path, source: str):
         module = key[: -len(".weight")] if key.endswith(".weight") else None
         if module is not None and module in scales:
             scale = scales[module].float()
-            quantized[new_key[: -len(".weight")]] = (tensor, scale)
-            tensor = (tensor.float() * scale).to(torch.bfloat16)  # dequantized copy for non-fp8 precisions
+            layer = new_key[: -len(".weight")]
+            quantized[layer] = (tensor, scale)
+            if tensor.dtype == keep_fp8_as:
+                # The precision will use the stored fp8 weight: no float copy (dequantizing 14 B weights on the
+                # CPU took most of a 64 s load of both A14B experts on an H100 box). torch.empty is never
+                # written, so it takes no memory; fill_placeholders covers any layer the precision leaves.
+                tensor = torch.empty(tensor.shape, dtype=torch.bfloat16)
+                placeholders.add(layer)
+            else:
+                tensor = (tensor.float() * scale).to(torch.bfloat16)  # dequantized copy for non-fp8 precisions
         elif tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             tensor = tensor.to(torch.bfloat16)  # unscaled fp8 ("fp8_e4m3fn" files): plain cast is exact
         state_dict[new_key] = tensor
@@ -58,7 +82,7 @@ def _read_original(path: pathlib.Path, source: str):
             " for the original Wan layout. This is not a Wan 2.2 transformer file (a LoRA, a VACE or "
             "Animate model, or another family?)."
         )
-    return state_dict, quantized
+    return state_dict, quantized, frozenset(placeholders)
 
 
 def _num_heads_hint(path: pathlib.Path) -> int | None:
@@ -104,9 +128,11 @@ def transformer_config(variant: WanVariant, state_dict: dict, num_heads: int | N
     return config
 
 
-def load_wan_transformer(path, layout: str, label: str | None = None) -> LoadedTransformer:
+def load_wan_transformer(path, layout: str, label: str | None = None,
+                         keep_fp8_as: torch.dtype | None = None) -> LoadedTransformer:
     """Load a Wan transformer (bf16 or as stored) on the CPU. `layout` is used in messages only:
-    'diffusers', 'Wan-AI release' or 'ComfyUI single file'."""
+    'diffusers', 'Wan-AI release' or 'ComfyUI single file'. `keep_fp8_as`: the fp8 dtype the chosen precision
+    stores weights in; fp8_scaled weights already in it get no float copy (`LoadedTransformer.placeholders`)."""
     path = pathlib.Path(path)
     source = label or str(path)
     diffusers_config = path / "config.json" if path.is_dir() else None
@@ -120,9 +146,9 @@ def load_wan_transformer(path, layout: str, label: str | None = None) -> LoadedT
     weights_path = path
     probe = checkpoint_io.read_shapes(weights_path)
     if wan_keys.is_diffusers_naming(probe):
-        state_dict, quantized = checkpoint_io.read_state_dict(weights_path), {}
+        state_dict, quantized, placeholders = checkpoint_io.read_state_dict(weights_path), {}, frozenset()
     else:
-        state_dict, quantized = _read_original(weights_path, source)
+        state_dict, quantized, placeholders = _read_original(weights_path, source, keep_fp8_as)
     if "patch_embedding.weight" not in state_dict:
         raise ModelFilesError(
             f"{source}: no 'patch_embedding.weight' tensor: this is not a Wan transformer "
@@ -139,4 +165,5 @@ def load_wan_transformer(path, layout: str, label: str | None = None) -> LoadedT
         model = WanTransformer3DModel(**config)
     checkpoint_io.load_into_meta_model(model, state_dict, source, f"{layout} Wan 2.2 {variant.display_name}")
     model.eval().requires_grad_(False)
-    return LoadedTransformer(model=model, variant=variant, source=source, quantized=quantized)
+    return LoadedTransformer(model=model, variant=variant, source=source, quantized=quantized,
+                             placeholders=placeholders)
