@@ -138,7 +138,6 @@ def test_llava_states_equal_the_legacy_merge_with_the_vendor_mask(llava):
     assert out.mask.tolist() == [vendor_mask.tolist()]
     real = int(text_mask.sum()) - crop + features - 1                # prompt + suffix tokens and the image
     assert int(out.mask.sum()) == real and out.mask[0, -1] == 1 and out.mask[0, real] == 0
-    assert out.valid_mask()[0].tolist() == [1] * real + [0] * (out.mask.shape[1] - real)
 
 
 def test_the_image_reaches_the_states_after_its_position_only(llava):

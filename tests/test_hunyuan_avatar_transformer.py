@@ -117,7 +117,9 @@ def vendor_forward(V, x, timestep, text, text_mask, pooled, reference, audio, fa
     img = torch.cat([patch("img_in", reference[:, :, :1]), img], dim=1)
     ref_len = th * tw
     cos, sin = _rope_tables(T, th, tw)
-    key_mask = torch.cat([torch.ones(B, img.shape[1], dtype=torch.bool), text_mask.bool()], dim=1)
+    # joint attention: each row's first sum(mask) text tokens (flash-attention valid lengths), whatever the mask's layout
+    leading = torch.arange(text_mask.shape[1])[None] < text_mask.sum(1, keepdim=True)
+    key_mask = torch.cat([torch.ones(B, img.shape[1], dtype=torch.bool), leading], dim=1)
 
     # audio: 4 tokens per video frame, the first frame repeated 3 more times in front, 16 per latent frame
     a = audio.flatten(2)
@@ -191,6 +193,25 @@ def test_forward_matches_the_vendors_math(model):
     assert out.shape == args["hidden_states"].shape
     assert expected.abs().mean() > 0.1  # a real signal, not zeros
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unaligned_vendor_mask_goes_to_the_refiner_and_its_sum_to_the_attention(model):
+    """The vendor's LLaVA mask marks the prompt tokens and the LAST positions (avatar_encoders): the token refiner
+    sees it as it is, the joint attention the first sum(mask) tokens; both as the vendor's forward does."""
+    args = inputs(batch=2, text_len=9)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    mask[0, :2], mask[0, -3:] = 1, 1   # 2 prompt tokens + 3 trailing ones: attention over the first 5
+    mask[1, :4], mask[1, -2:] = 1, 1   # 4 + 2: the first 6
+    args["encoder_attention_mask"] = mask
+    vendor = keys.ours_to_vendor(model.state_dict())
+    with torch.no_grad():
+        expected = vendor_forward(vendor, args["hidden_states"], args["timestep"], args["encoder_hidden_states"], mask,
+                                  args["pooled_projections"], args["reference_latents"], args["audio_features"],
+                                  args["face_mask"], args["motion_exp"], args["motion_pose"], args["fps"])
+        out = model(**args)
+        aligned = model(**dict(args, encoder_attention_mask=(torch.arange(9)[None] < mask.sum(1, keepdim=True)).long()))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out, aligned, atol=1e-3)  # the refiner's mask layout matters
 
 
 # ------------------------------------------------------------------ structure

@@ -27,7 +27,7 @@ requirements.txt):
   ones appended (for the expanded image), then cropped by 95. Its sum is the number of real tokens (text +
   576 image positions, which lead the sequence), which is how the transformer's attention uses it (valid
   length); its element-wise layout is what the transformer's token refiner saw in training. `encode_llava`
-  returns exactly that mask; `AvatarTextEmbedding.valid_mask()` gives the aligned one.
+  returns exactly that mask, and the transformer uses it as the vendor's does (hunyuan_avatar_transformer).
 - Inside the model (transformers 4.45's "legacy" LLaVA merge) the sequence is [text before <image>, 576 image
   features, text after], attention over real tokens only, position ids cumsum(mask) - 1 with padding at 1.
   Transformers 5 needs the <image> token expanded in input_ids instead; the same sequence, mask and position
@@ -219,13 +219,6 @@ def load_whisper_encoder(folder, dtype: torch.dtype = torch.float32, device="cpu
 class AvatarTextEmbedding:
     states: torch.Tensor   # [1, L, 4096] LLaVA hidden states (template cropped)
     mask: torch.Tensor     # [1, L] the vendor's mask (see module docstring): sum = valid leading tokens
-
-    def valid_mask(self) -> torch.Tensor:
-        """[1, L] mask aligned with `states`: 1 on the leading sum(mask) positions (text + image), 0 after."""
-        count = int(self.mask.sum())
-        aligned = torch.zeros_like(self.mask)
-        aligned[:, :count] = 1
-        return aligned
 
 
 def llava_pixel_values(pixels: np.ndarray, size: int = 336) -> torch.Tensor:

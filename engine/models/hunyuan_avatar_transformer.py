@@ -61,8 +61,11 @@ Avatar modules — structure and data flow (source in brackets):
 - The released checkpoint has no Audio Emotion Module weights (the paper's AEM): no key for it exists.
 
 Attention: the backbone's joint attention goes through diffusers' `HunyuanVideoAttnProcessor2_0` and its
-dispatcher, so `attention.apply_attention_backend` applies. Text padding is a key mask; it is dropped
-(None) when every text token is valid, which the kernels that take no mask (SageAttention, FA3) need. The
+dispatcher, so `attention.apply_attention_backend` applies. Text masks, as the vendor uses them: the token
+refiner gets the mask as given (the vendor's LLaVA mask is not aligned with the states: avatar_encoders),
+while the joint attention takes each row's leading `mask.sum()` text tokens (the vendor's flash-attention
+valid lengths). Those are cut out rather than masked, so no attention mask ever reaches the blocks: the kernels
+that take no mask (SageAttention, FA3) work, and cuDNN stays on its fast path. The
 audio adapters use PyTorch SDPA directly: their head is 1024 wide, which cuDNN/Sage/FA3 kernels do not
 take, and they attend to only 16 keys per frame.
 
@@ -303,23 +306,6 @@ class HunyuanAvatarTransformer(ModelMixin, ConfigMixin, AttentionMixin):
 
     # ------------------------------------------------------------------ forward
 
-    @staticmethod
-    def _row_inputs(row: int, batch: int, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
-                    pooled_projections, reference_latents, audio_features, face_mask, motion_exp, motion_pose,
-                    fps) -> dict:
-        """Row `row` of a batch as forward's keyword arguments, its text padding dropped (per-row inputs such as
-        motion buckets may also come once for the whole batch: those are passed as they are)."""
-        def pick(value):
-            return value[row:row + 1] if value.ndim and value.shape[0] == batch else value
-
-        valid = encoder_attention_mask[row]
-        return dict(hidden_states=hidden_states[row:row + 1], timestep=timestep[row:row + 1],
-                    encoder_hidden_states=encoder_hidden_states[row:row + 1, valid],
-                    encoder_attention_mask=None, pooled_projections=pooled_projections[row:row + 1],
-                    reference_latents=reference_latents[row:row + 1], audio_features=audio_features[row:row + 1],
-                    face_mask=pick(face_mask), motion_exp=pick(motion_exp), motion_pose=pick(motion_pose),
-                    fps=pick(fps))
-
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -340,7 +326,8 @@ class HunyuanAvatarTransformer(ModelMixin, ConfigMixin, AttentionMixin):
         - hidden_states: noisy video latents [B, C, F, H, W]; H, W divisible by 2.
         - timestep: [B] (or a scalar) on the 0..1000 scale.
         - encoder_hidden_states: LLaVA text states [B, L, D_text]; encoder_attention_mask [B, L] (1 = token,
-          0 = padding) or None (all valid).
+          0 = padding) or None (all valid): the token refiner uses it as given, the joint attention the first
+          mask.sum() tokens of each row (the vendor's mask, `AvatarTextEmbedding.mask`, means exactly that).
         - pooled_projections: CLIP-L pooled text [B, D_pooled].
         - reference_latents: the reference image's latents [B, C, F, H, W] (vendor: VAE encoding of the image
           repeated over the window's pixel frames) or [B, C, 1, H, W] (the one frame is used for every frame).
@@ -358,7 +345,6 @@ class HunyuanAvatarTransformer(ModelMixin, ConfigMixin, AttentionMixin):
                 f"{p_t}x{p}x{p}."
             )
         grid = (frames // p_t, height // p, width // p)
-        frame_tokens = grid[1] * grid[2]
         dtype = self.x_embedder.proj.weight.dtype
         if reference_latents.shape[0] != batch or reference_latents.shape[2] not in (1, frames) \
                 or reference_latents.shape[1] != hidden_states.shape[1] or reference_latents.shape[3:] != hidden_states.shape[3:]:
@@ -374,22 +360,6 @@ class HunyuanAvatarTransformer(ModelMixin, ConfigMixin, AttentionMixin):
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool,
                                                 device=encoder_hidden_states.device)
         encoder_attention_mask = encoder_attention_mask.bool()
-        valid_counts = encoder_attention_mask.sum(dim=1)
-        if batch > 1 and not bool((valid_counts == valid_counts[0]).all()):
-            # Rows with different text lengths (CFG's prompt and negative prompt) would need a key mask, and a
-            # masked attention falls off the fast kernels: 34.3 s per CFG step against 25.2 s row by row at
-            # 896x704, 129 frames, H100 (scripts/check_avatar_pipeline_gpu.py). Each row alone, without its
-            # padding, is the same math.
-            rows = [self.forward(**self._row_inputs(row, batch, hidden_states, timestep, encoder_hidden_states,
-                                                   encoder_attention_mask, pooled_projections, reference_latents,
-                                                   audio_features, face_mask, motion_exp, motion_pose, fps))
-                    for row in range(batch)]
-            return torch.cat(rows)
-        # Text tokens that are padding in every row change no video token: leave them out.
-        keep = encoder_attention_mask.any(dim=0)
-        if not bool(keep.all()):
-            encoder_hidden_states = encoder_hidden_states[:, keep]
-            encoder_attention_mask = encoder_attention_mask[:, keep]
 
         # Conditioning vector: timestep + CLIP pooled + motion (expression, pose) + fps.
         temb, _ = self.time_text_embed(timestep, pooled_projections.to(dtype))
@@ -406,24 +376,35 @@ class HunyuanAvatarTransformer(ModelMixin, ConfigMixin, AttentionMixin):
         if reference.shape[1] != video.shape[1]:
             reference = reference.repeat(1, grid[0], 1)
         tokens = torch.cat([self.x_embedder(reference_latents[:, :, :1]), video + reference], dim=1)
+        # The token refiner sees the whole text with the mask as given (the vendor's, see the module docstring).
         text = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
-
         rotary = self.rope(grid[0], grid[1], grid[2], device=tokens.device)
-        attention_mask = None
-        if not bool(encoder_attention_mask.all()):
-            visual = torch.ones(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
-            attention_mask = torch.cat([visual, encoder_attention_mask], dim=1)[:, None, None, :]
 
+        # The joint attention takes each row's leading mask.sum() text tokens (the vendor's valid lengths), so the
+        # rest are dropped instead of masked: a masked attention falls off the fast kernels (34.3 s against 25.2 s
+        # per CFG step at 896x704, 129 frames, H100). Rows of different lengths run one by one.
+        lengths = [int(n) for n in encoder_attention_mask.sum(dim=1).tolist()]
+        if len(set(lengths)) == 1:
+            video = self._joint_blocks(tokens, text[:, :lengths[0]], temb, rotary, audio_tokens, face_gate, grid)
+        else:
+            video = torch.cat([
+                self._joint_blocks(tokens[row:row + 1], text[row:row + 1, :length], temb[row:row + 1], rotary,
+                                   audio_tokens[row:row + 1], face_gate[row:row + 1], grid)
+                for row, length in enumerate(lengths)])
+        video = video.reshape(batch, grid[0], grid[1], grid[2], -1, p_t, p, p)
+        return video.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _joint_blocks(self, tokens, text, temb, rotary, audio_tokens, face_gate, grid) -> torch.Tensor:
+        """The double blocks (with the audio adapters after every other one), the single blocks and the final layer,
+        on [reference frame | video] tokens and unpadded text; -> the video tokens' output [B, N, C_out * patch]."""
+        frame_tokens = grid[1] * grid[2]
         for index, block in enumerate(self.transformer_blocks):
-            tokens, text = block(tokens, text, temb, attention_mask, rotary)
+            tokens, text = block(tokens, text, temb, None, rotary)
             adapter = self._adapter_after.get(index)
             if adapter is not None:
                 video = tokens[:, frame_tokens:]
                 audio_out = self.audio_adapter_blocks[adapter](audio_tokens, video.unflatten(1, (grid[0], frame_tokens)))
                 tokens = torch.cat([tokens[:, :frame_tokens], video + audio_out.flatten(1, 2) * face_gate], dim=1)
         for block in self.single_transformer_blocks:
-            tokens, text = block(tokens, text, temb, attention_mask, rotary)
-
-        video = self.proj_out(self.norm_out(tokens[:, frame_tokens:], temb))  # reference frame dropped
-        video = video.reshape(batch, grid[0], grid[1], grid[2], -1, p_t, p, p)
-        return video.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+            tokens, text = block(tokens, text, temb, None, rotary)
+        return self.proj_out(self.norm_out(tokens[:, frame_tokens:], temb))  # reference frame dropped

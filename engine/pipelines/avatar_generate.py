@@ -11,9 +11,9 @@ window's first frame in ComfyUI's HunyuanVideo latent format (the x0 of the cond
 every window start is an interrupt point: Cancel stops within a step. Memory returns to its level after a run, an
 interrupt or an error (offload_rules); out of memory says which options would fit.
 
-The transformer's text mask: `AvatarTextEmbedding.valid_mask()` (1 on the leading valid tokens, text + image). The
-vendor's attention uses exactly that (a valid length per row); its token refiner sees the vendor's unaligned mask
-(avatar_encoders docstring), which our transformer's single mask argument cannot express.
+The transformer's text mask is the vendor's (`AvatarTextEmbedding.mask`, not aligned with the states: avatar_encoders):
+the transformer's token refiner sees it as it is and its joint attention the leading mask.sum() tokens, as the
+vendor's model does.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def generate_avatar_video(
         model.prepare_for_sampling()
         still = reference_video(reference, frames=1)
         conditioning = AvatarConditioning(
-            text_states=text.text.states, text_mask=text.text.valid_mask(), pooled=text.pooled,
-            negative_text_states=text.negative_text.states, negative_text_mask=text.negative_text.valid_mask(),
+            text_states=text.text.states, text_mask=text.text.mask, pooled=text.pooled,
+            negative_text_states=text.negative_text.states, negative_text_mask=text.negative_text.mask,
             negative_pooled=text.negative_pooled,
             reference_latents=encode_reference_latents(model.vae, still, WINDOW_LATENT_FRAMES, seed),
             audio_features=features.features, face_mask=mask.latent, fps=fps)
