@@ -17,6 +17,7 @@ import fnmatch
 import functools
 import importlib.util
 import logging
+import os
 import pathlib
 import re
 import shlex
@@ -300,10 +301,15 @@ def loader_status(node_type: str, widgets: dict, listed_models=(), models_dir: s
             "alternatives": []}
 
 
-def _shown(path: str, models_dir: str | None) -> str:
-    """A path as the node shows it: relative to the models folder when it is inside it."""
+def _shown(paths, models_dir: str | None) -> str:
+    """Paths as the node shows them: relative to the models folder when inside it, several in one folder on one line
+    ("folder/: a, b")."""
     prefix = f"{models_dir.rstrip('/')}/" if models_dir else None
-    return path[len(prefix):] if prefix and path.startswith(prefix) else path
+    shown = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p in paths]
+    if len(shown) == 1:
+        return shown[0]
+    folder = os.path.commonpath(shown)
+    return f"{folder}/: " + ", ".join(p[len(folder):].lstrip("/").strip() for p in shown)
 
 
 def _avatar_set_commands(folder: pathlib.Path, parts, models_dir: str | None) -> tuple[list[str], list]:
@@ -341,7 +347,7 @@ def avatar_loader_status(widgets: dict, models_dir: str | None) -> dict:
     where = "is incomplete" if folder.is_dir() else "is not downloaded yet"
     return {**answer, "ok": False,
             "message": f"HunyuanVideo-Avatar folder '{model}' ({folder}) {where}.",
-            "missing": [f"{_shown(path, models_dir)} — {p.what}" for p in parts for path in p.paths],
+            "missing": [f"{_shown(p.paths, models_dir)} — {p.what}" for p in parts],
             "commands": commands, "alternatives": [c for c in per_part if c not in commands]}
 
 
