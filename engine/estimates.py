@@ -8,7 +8,7 @@ The table is one data file, `data/benchmarks.json`: a JSON list of rows, one per
 | `gpu` | str | `torch.cuda.get_device_name()`, e.g. "NVIDIA H100 80GB HBM3" (matched case-insensitively) |
 | `driver`, `torch`, `date` | str | NVIDIA driver, torch version, ISO date of the measurement |
 | `model_family` | str | "wan", "ltx" or "avatar" |
-| `variant` | str | the family's variant id: "t2v-a14b", "i2v-a14b", "ti2v-5b" (Wan), "2b", "13b" (LTX), "13b" (Avatar) |
+| `variant` | str | the family's variant id: "t2v-a14b", "i2v-a14b", "ti2v-5b" (Wan), "2b", "13b" (LTX, Avatar) |
 | `size` | str | "480p" / "720p" (bench.py's sizes: 832x480, 1280x720) or "<width>x<height>" |
 | `frames` | int | video frames of the measured clip |
 | `precision`, `attention`, `compile` | str | the loader options measured (attention: the backend that ran) |
@@ -19,7 +19,7 @@ The table is one data file, `data/benchmarks.json`: a JSON list of rows, one per
 | optional `text_encode_s`, `vae_decode_s`, `load_s` | float | per run: prompt encoding, decoding the clip, loading the model |
 | optional `width`, `height` | int | the measured size when `size` is a label of another size table |
 | optional `weights_gib` | float | GPU memory of the loaded weights (lets peak memory be extrapolated) |
-| optional `batch` | int | guidance branches the measured forward ran as one batch (default 1; Avatar: 2, cond + uncond) |
+| optional `batch` | int | guidance branches the measured forward ran as one batch (default 1; Avatar: 2) |
 | optional `offload` | str | the loader's offload mode measured (default "none") |
 
 bench.py's extra fields (`first_call_s`, `fraction_of_peak`, `model`, ...) may stay in a row; they are ignored.
@@ -98,7 +98,8 @@ class BenchmarkRow:
         offload = f", offload {self.offload}" if self.offload != "none" else ""
         batch = f" at batch {self.batch}" if self.batch != 1 else ""
         return (f"{self.variant} {self.precision}, compile {self.compile}, attention {self.attention}{offload}, "
-                f"{self.size_label} x {self.frames} frames ({self.seconds_per_forward:g} s/forward{batch}, {self.date})")
+                f"{self.size_label} x {self.frames} frames "
+                f"({self.seconds_per_forward:g} s/forward{batch}, {self.date})")
 
 
 def _parse_size(text: str) -> tuple[int, int] | None:

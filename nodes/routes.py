@@ -398,7 +398,8 @@ def _avatar_windows(payload: dict, sampler: dict) -> tuple[int, str | None, floa
         seconds = _number(payload, "audio_seconds")
         frames = video_frame_count(int(seconds * SAMPLE_RATE), fps)
         windows = plan_avatar_windows(max(frames, 1)).windows_per_step
-        return windows, f"whole audio: {seconds:g} s is {frames} frames at {fps:g} fps, {windows} window(s) a step", None
+        said = f"whole audio: {seconds:g} s is {frames} frames at {fps:g} fps, {windows} window(s) a step"
+        return windows, said, None
     return 1, None, _number(sampler, "max_audio_seconds", float, DEFAULT_MAX_SECONDS)
 
 
@@ -414,8 +415,8 @@ def avatar_estimate(payload: dict, rows=None) -> dict:
     def run(width: int, height: int, windows: int) -> estimates.Estimate:
         return estimates.estimate(table, estimates.EstimateRequest(
             gpu_device=str(payload.get("gpu_device") or ""), model_family="avatar", variant=None,
-            precision=str(loader.get("precision", "bf16")), compile="off", attention=str(loader.get("attention", "auto")),
-            offload=str(loader.get("offload", "none")), width=width, height=height, frames=WINDOW_VIDEO_FRAMES,
+            precision=str(loader.get("precision", "bf16")), compile="off",
+            attention=str(loader.get("attention", "auto")), offload=str(loader.get("offload", "none")), width=width, height=height, frames=WINDOW_VIDEO_FRAMES,
             phases=[(steps, cfg)], batched_guidance=True, windows=windows))
 
     result = run(image_size, image_size, windows)
@@ -435,7 +436,8 @@ def avatar_estimate(payload: dict, rows=None) -> dict:
             tall = run(width, height, windows)
             if tall.seconds is not None:
                 result.lines.append(f"size: a square portrait assumed ({image_size}x{image_size}); the tallest one at "
-                                    f"this image_size renders {width}x{height}: ≈ {estimates.format_duration(tall.seconds)}")
+                                    f"this image_size renders {width}x{height}: "
+                                    f"≈ {estimates.format_duration(tall.seconds)}")
     answer = result.to_json()
     answer["problems"] = problems
     return answer

@@ -226,7 +226,8 @@ def test_avatar_folder_absent_names_every_part_and_the_model_set(avatar_root):
         f"HunyuanVideo-Avatar/{TRANSFORMERS}/mp_rank_00_model_states.pt (bf16) or mp_rank_00_model_states_fp8.pt + "
         "mp_rank_00_model_states_fp8_map.pt (fp8) — the transformer",
         "HunyuanVideo-Avatar/ckpts/hunyuan-video-t2v-720p/vae/: pytorch_model.pt, config.json — the VAE",
-        f"HunyuanVideo-Avatar/ckpts/llava_llama_image/{model_files}{tokenizer} — the LLaVA-Llama-3 text + image encoder",
+        f"HunyuanVideo-Avatar/ckpts/llava_llama_image/{model_files}{tokenizer} — the LLaVA-Llama-3 text + image "
+        "encoder",
         f"HunyuanVideo-Avatar/ckpts/text_encoder_2/{model_files}{tokenizer} — the CLIP-L text encoder",
         f"HunyuanVideo-Avatar/ckpts/whisper-tiny/{model_files} — the whisper-tiny audio encoder",
         "HunyuanVideo-Avatar/ckpts/det_align/detface.pt — the face detector (optional: or connect a face MASK to the "
@@ -245,9 +246,9 @@ def test_avatar_incomplete_tree_names_only_what_is_missing(avatar_root, avatar_d
     shutil.rmtree(folder / "ckpts" / "whisper-tiny")
     status = _avatar_status(avatar_root)
     assert status["ok"] is False and "is incomplete" in status["message"]
-    assert status["missing"] == ["HunyuanVideo-Avatar/ckpts/hunyuan-video-t2v-720p/vae/pytorch_model.pt — the VAE",
-                                 "HunyuanVideo-Avatar/ckpts/whisper-tiny/: config.json, (weights: *.safetensors) — the "
-                                 "whisper-tiny audio encoder"]
+    assert status["missing"] == [
+        "HunyuanVideo-Avatar/ckpts/hunyuan-video-t2v-720p/vae/pytorch_model.pt — the VAE",
+        "HunyuanVideo-Avatar/ckpts/whisper-tiny/: config.json, (weights: *.safetensors) — the whisper-tiny audio encoder"]
     assert status["commands"] == [_set_command(avatar_root)]  # it skips what is there
     assert [c.split("--include ")[1].split()[0] for c in status["alternatives"]] == \
         ["'ckpts/hunyuan-video-t2v-720p/vae/*'", "'ckpts/whisper-tiny/*'"]

@@ -94,7 +94,8 @@ def _transformer_missing(root: pathlib.Path, prefer_fp8: bool) -> list[MissingAv
                                       f"{TRANSFORMERS_DIR}/{FP8_MAP_FILE}")]
         return [MissingAvatarPart(
             "the transformer", (f"{folder}/{BF16_FILE} (bf16) or {FP8_FILE} + {FP8_MAP_FILE} (fp8)",),
-            f"{TRANSFORMERS_DIR}/{FP8_FILE[:-len('.pt')]}*", f"(fp8 pair; or '{TRANSFORMERS_DIR}/{BF16_FILE}' for bf16)")]
+            f"{TRANSFORMERS_DIR}/{FP8_FILE[:-len('.pt')]}*",
+            f"(fp8 pair; or '{TRANSFORMERS_DIR}/{BF16_FILE}' for bf16)")]
     return []
 
 
