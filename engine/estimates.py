@@ -8,17 +8,19 @@ The table is one data file, `data/benchmarks.json`: a JSON list of rows, one per
 | `gpu` | str | `torch.cuda.get_device_name()`, e.g. "NVIDIA H100 80GB HBM3" (matched case-insensitively) |
 | `driver`, `torch`, `date` | str | NVIDIA driver, torch version, ISO date of the measurement |
 | `model_family` | str | "wan", "ltx" or "avatar" |
-| `variant` | str | the family's variant id: "t2v-a14b", "i2v-a14b", "ti2v-5b" (Wan), "2b", "13b" (LTX) |
+| `variant` | str | the family's variant id: "t2v-a14b", "i2v-a14b", "ti2v-5b" (Wan), "2b", "13b" (LTX, Avatar) |
 | `size` | str | "480p" / "720p" (bench.py's sizes: 832x480, 1280x720) or "<width>x<height>" |
 | `frames` | int | video frames of the measured clip |
 | `precision`, `attention`, `compile` | str | the loader options measured (attention: the backend that ran) |
-| `seconds_per_forward` | float | one transformer forward, batch 1, one guidance branch (A14B: one expert) |
+| `seconds_per_forward` | float | one transformer forward, one guidance branch (A14B: one expert), or `batch` of them |
 | `tflops` | float or null | achieved TFLOP/s of that forward |
 | `peak_gib` | float or null | peak GPU memory allocated during the forwards; null = not recorded |
 | `notes` | str or list | anything worth knowing about the measurement |
 | optional `text_encode_s`, `vae_decode_s`, `load_s` | float | per run: prompt encoding, decoding the clip, loading the model |
 | optional `width`, `height` | int | the measured size when `size` is a label of another size table |
 | optional `weights_gib` | float | GPU memory of the loaded weights (lets peak memory be extrapolated) |
+| optional `batch` | int | guidance branches the measured forward ran as one batch (default 1; Avatar: 2) |
+| optional `offload` | str | the loader's offload mode measured (default "none") |
 
 bench.py's extra fields (`first_call_s`, `fraction_of_peak`, `model`, ...) may stay in a row; they are ignored.
 Rows with an `implementation` other than "reelsmith" (bench.py --comfyui: ComfyUI's native model timed in the
@@ -26,13 +28,16 @@ same run) are skipped: the estimates are for Reelsmith's samplers.
 
 How an estimate is made, for a GPU (the name in ComfyUI's `/system_stats`), a model variant, a precision and
 compile mode, a size, a frame count and the guidance of each step:
-- rows of that GPU, family, variant (I2V A14B uses T2V A14B rows: the same transformer size), precision and
-  compile mode are the candidates (another compile mode is used, and said, when the asked one was not measured);
+- rows of that GPU, family, variant (I2V A14B uses T2V A14B rows: the same transformer size; a family with one
+  model, Avatar, needs no variant), precision, compile mode and offload mode are the candidates (another compile
+  or offload mode is used, and said, when the asked one was not measured);
 - a row of the same size and frame count is used as measured; otherwise the row nearest in tokens is
   extrapolated: the self-attention share of its forward (from the matmul FLOP count of the model's config)
   scales quadratically in tokens, the rest linearly;
 - a run = steps x forwards per step (2 when the step's CFG is above 1, else 1) x seconds per forward, plus text
-  encoding and VAE decoding when the row has them (decoding scaled linearly in tokens);
+  encoding and VAE decoding when the row has them (decoding scaled linearly in tokens); a sampler that batches
+  both guidance branches into one forward (Avatar) runs one forward per step and window, costed from a row of the
+  same batch (another batch is scaled linearly, and said);
 - peak memory is the row's; at another size it is extrapolated when the row knows its weights' share,
   otherwise given as a bound from the nearest row that recorded it.
 No candidate row: the estimate says "no measurement" and names what was measured instead.
@@ -56,12 +61,14 @@ REQUIRED_FIELDS = {
 }
 NULLABLE_FIELDS = {"tflops": (int, float), "peak_gib": (int, float)}
 OPTIONAL_FIELDS = {"text_encode_s": (int, float), "vae_decode_s": (int, float), "load_s": (int, float),
-                   "width": int, "height": int, "weights_gib": (int, float)}
+                   "width": int, "height": int, "weights_gib": (int, float), "batch": int, "offload": str}
 FAMILIES = {"wan": "Wan 2.2", "ltx": "LTX-Video", "avatar": "Hunyuan Video Avatar"}  # id -> name in messages
 SIZE_LABELS = {"480p": (832, 480), "720p": (1280, 720)}  # bench.py's sizes
 # Variants whose transformer has another's size and cost (only the input channels differ).
 SAME_COST_AS = {("wan", "i2v-a14b"): "t2v-a14b"}
-TEXT_TOKENS = {"wan": 512, "ltx": 128}  # padded prompt length each family's transformer attends to
+TEXT_TOKENS = {"wan": 512, "ltx": 128, "avatar": 256}  # padded prompt length each family's transformer attends to
+# Families with a single model: its variant id, so an estimate needs nothing from the loader's files.
+SINGLE_VARIANT = {"avatar": "13b"}
 
 
 @dataclass(frozen=True)
@@ -83,11 +90,16 @@ class BenchmarkRow:
     text_encode_s: float | None = None
     vae_decode_s: float | None = None
     load_s: float | None = None
+    batch: int = 1
+    offload: str = "none"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
-        return (f"{self.variant} {self.precision}, compile {self.compile}, attention {self.attention}, "
-                f"{self.size_label} x {self.frames} frames ({self.seconds_per_forward:g} s/forward, {self.date})")
+        offload = f", offload {self.offload}" if self.offload != "none" else ""
+        batch = f" at batch {self.batch}" if self.batch != 1 else ""
+        return (f"{self.variant} {self.precision}, compile {self.compile}, attention {self.attention}{offload}, "
+                f"{self.size_label} x {self.frames} frames "
+                f"({self.seconds_per_forward:g} s/forward{batch}, {self.date})")
 
 
 def _parse_size(text: str) -> tuple[int, int] | None:
@@ -116,7 +128,8 @@ def parse_rows(data, source: str = "benchmark table") -> list[BenchmarkRow]:
         for name, kind in {**NULLABLE_FIELDS, **OPTIONAL_FIELDS}.items():
             value = item.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-                raise InvalidInputError(f"{where}: field '{name}' must be a number or null, found {value!r}.")
+                what = "a text" if kind is str else "a whole number" if kind is int else "a number"
+                raise InvalidInputError(f"{where}: field '{name}' must be {what} or null, found {value!r}.")
         if name := next((n for n in NULLABLE_FIELDS if n not in item), None):
             raise InvalidInputError(f"{where}: field '{name}' is missing (use null when it was not recorded).")
         if item["model_family"] not in FAMILIES:
@@ -125,15 +138,16 @@ def parse_rows(data, source: str = "benchmark table") -> list[BenchmarkRow]:
         if size is None:
             raise InvalidInputError(f"{where}: size {item['size']!r} is neither {' nor '.join(SIZE_LABELS)} nor "
                                     "'<width>x<height>' (or give width and height).")
-        if item["frames"] < 1 or item["seconds_per_forward"] <= 0:
-            raise InvalidInputError(f"{where}: frames and seconds_per_forward must be positive.")
+        if item["frames"] < 1 or item["seconds_per_forward"] <= 0 or item.get("batch", 1) < 1:
+            raise InvalidInputError(f"{where}: frames, seconds_per_forward and batch must be positive.")
         rows.append(BenchmarkRow(
             gpu=item["gpu"], model_family=item["model_family"], variant=item["variant"], width=size[0], height=size[1],
             frames=item["frames"], precision=item["precision"], attention=item["attention"], compile=item["compile"],
             seconds_per_forward=float(item["seconds_per_forward"]),
             peak_gib=None if item["peak_gib"] is None else float(item["peak_gib"]), date=item["date"],
             size_label=item["size"], weights_gib=item.get("weights_gib"), text_encode_s=item.get("text_encode_s"),
-            vae_decode_s=item.get("vae_decode_s"), load_s=item.get("load_s"), raw=item))
+            vae_decode_s=item.get("vae_decode_s"), load_s=item.get("load_s"), batch=item.get("batch", 1),
+            offload=item.get("offload", "none"), raw=item))
     return rows
 
 
@@ -229,13 +243,30 @@ def model_shape(family: str, variant: str) -> ModelShape | None:
         config = found.transformer_config_dict()
         dim = config["num_attention_heads"] * config["attention_head_dim"]
         return ModelShape(FRAME_STRIDE, SIZE_MULTIPLE, dim, 4 * dim, config["num_layers"], TEXT_TOKENS["ltx"])
+    if family == "avatar" and variant == SINGLE_VARIANT["avatar"]:
+        # HunyuanVideo's blocks attend jointly over video + text tokens instead of Wan's self + cross attention;
+        # the formula serves only to split a forward into its quadratic and linear shares when scaling to a size.
+        from .models.hunyuan_avatar_checkpoint import shipped_config
+        from .pipelines.avatar_face_mask import LATENT_SPATIAL_COMPRESSION
+        from .pipelines.avatar_windows import TEMPORAL_COMPRESSION
+        config = shipped_config()
+        dim = config["num_attention_heads"] * config["attention_head_dim"]
+        return ModelShape(TEMPORAL_COMPRESSION, LATENT_SPATIAL_COMPRESSION * config["patch_size"], dim,
+                          int(config["mlp_ratio"] * dim), config["num_layers"] + config["num_single_layers"],
+                          TEXT_TOKENS["avatar"])
     return None
 
 
-def forwards_per_run(phases) -> int:
+def guidance_branches(cfg: float) -> int:
+    """Branches a step runs: with and without the prompt when CFG is above 1."""
+    return 2 if cfg > 1.0 else 1
+
+
+def forwards_per_run(phases, batched_guidance: bool = False, windows: int = 1) -> int:
     """Transformer forwards of a run: `phases` = [(steps, cfg), ...]; a step with CFG above 1 runs the model
-    twice (with and without the prompt)."""
-    return sum(int(steps) * (2 if cfg > 1.0 else 1) for steps, cfg in phases)
+    twice (with and without the prompt), or once on a batch of both with `batched_guidance`; a sampler that
+    denoises in windows runs every step once per window."""
+    return windows * sum(int(steps) * (1 if batched_guidance else guidance_branches(cfg)) for steps, cfg in phases)
 
 
 # ------------------------------------------------------------------------------------------ the estimate
@@ -254,6 +285,9 @@ class EstimateRequest:
     attention: str = "auto"
     two_experts_resident: bool = False  # A14B with offload none: both experts stay on the GPU
     variant_source: str = "weights"  # "weights" or "file name" (how the variant was found)
+    offload: str = "none"            # the loader's offload mode
+    batched_guidance: bool = False   # both guidance branches run as one batched forward (Avatar)
+    windows: int = 1                 # windows every step runs over (Avatar's long audio)
 
 
 @dataclass
@@ -320,15 +354,30 @@ def _peak(rows, used: BenchmarkRow, shape: ModelShape | None, tokens: int, exact
     return row.peak_gib, "at least", f"peak {not_here}; {measured_at} peaked at {row.peak_gib:g} GiB"
 
 
+def _batch_notes(row: BenchmarkRow, request: EstimateRequest) -> list[str]:
+    """What is scaled rather than measured when the run's batch differs from the row's."""
+    if not request.batched_guidance:
+        return [f"measured as one forward over a batch of {row.batch}: one branch taken as 1/{row.batch} of it"] \
+            if row.batch != 1 else []
+    notes = []
+    for cfg in sorted({cfg for _, cfg in request.phases}):
+        branches = guidance_branches(cfg)
+        if branches != row.batch:
+            notes.append(f"cfg {cfg:g} runs {branches} branch{'es' if branches > 1 else ''} per step: taken as "
+                         f"{branches}/{row.batch} of the measured batch of {row.batch} (not measured)")
+    return notes
+
+
 def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
     gpu = gpu_name_from_device(request.gpu_device)
     family = request.model_family
-    model = f"{FAMILIES.get(family, family)} {request.variant}"
-    if request.variant is None:
+    asked = request.variant or SINGLE_VARIANT.get(family)
+    model = f"{FAMILIES.get(family, family)} {asked}"
+    if asked is None:
         return Estimate("unknown_model", gpu, [f"No estimate: the {FAMILIES.get(family, family)} variant is not known "
                                                "until the loader's files are found."])
-    variant = SAME_COST_AS.get((family, request.variant), request.variant)
-    twin_note = [f"{request.variant} measured as {variant} (same transformer size)"] if variant != request.variant else []
+    variant = SAME_COST_AS.get((family, asked), asked)
+    twin_note = [f"{asked} measured as {variant} (same transformer size)"] if variant != asked else []
     same_model = _candidates(rows, request, gpu, variant)
     if not same_model:
         elsewhere = sorted({r.gpu for r in rows if r.model_family == family and r.variant == variant})
@@ -341,13 +390,19 @@ def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
         return Estimate("no_measurement", gpu, [f"No measurement for this GPU ({gpu}) with {model} at "
                                                 f"precision {request.precision} (measured: {measured})."])
     notes = list(twin_note)
-    if request.variant_source != "weights":
+    if request.variant is not None and request.variant_source != "weights":
         notes.append(f"variant {request.variant} read from the {request.variant_source} (files not found)")
     chosen = [r for r in same_precision if r.compile == request.compile]
     if not chosen:
         chosen = same_precision
         notes.append(f"compile {request.compile} not measured: using compile {chosen[0].compile}")
         chosen = [r for r in chosen if r.compile == chosen[0].compile]
+    if all(r.offload != request.offload for r in chosen):
+        fallback = "none" if any(r.offload == "none" for r in chosen) else chosen[0].offload
+        notes.append(f"offload {request.offload} not measured: figures for offload {fallback}")
+        chosen = [r for r in chosen if r.offload == fallback]
+    else:
+        chosen = [r for r in chosen if r.offload == request.offload]
     if request.attention not in ("auto", chosen[0].attention) and all(r.attention != request.attention for r in chosen):
         notes.append(f"measured with attention {chosen[0].attention}, not {request.attention}")
 
@@ -359,9 +414,12 @@ def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
                                                 f"{_size_text(request.width, request.height, request.frames)} "
                                                 f"(and no model shape to extrapolate with)."])
     scale = 1.0 if exact else shape.time_scale(shape.tokens(row.width, row.height, row.frames), tokens)
-    per_forward = row.seconds_per_forward * scale
-    forwards = forwards_per_run(request.phases)
-    seconds = forwards * per_forward
+    branch_seconds = row.seconds_per_forward * scale / row.batch  # one guidance branch of one forward
+    forwards = forwards_per_run(request.phases, request.batched_guidance, request.windows)
+    branch_runs = forwards_per_run(request.phases, False, request.windows)
+    seconds = branch_runs * branch_seconds
+    per_forward = seconds / forwards if forwards else 0.0
+    notes += _batch_notes(row, request)
     parts = []
     if row.text_encode_s is not None:
         seconds += row.text_encode_s
@@ -379,6 +437,9 @@ def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
     peak, peak_kind, peak_note = _peak(chosen, row, shape, tokens, exact)
     if peak_note:
         notes.append(peak_note)
+    if peak_kind == "measured" and request.batched_guidance and \
+            max(guidance_branches(cfg) for _, cfg in request.phases) < row.batch:
+        peak_kind = "at most"  # a smaller batch than the measured one
     if request.two_experts_resident:
         notes.append("peak is one expert's forward; offload none keeps both A14B experts on the GPU"
                      + (f" (+{row.weights_gib:g} GiB)" if row.weights_gib is not None else ""))
@@ -387,8 +448,17 @@ def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
     peak_text = {"measured": "≈ {:.1f} GiB", "extrapolated": "≈ {:.1f} GiB", "at most": "≤ {:.1f} GiB",
                  "at least": "> {:.1f} GiB"}.get(peak_kind, "unknown")
     peak_text = peak_text.format(peak) if peak is not None else peak_text
-    headline = (f"≈ {format_duration(seconds)} for {forwards} forwards ({per_forward:.2f} s each) · "
-                f"peak {peak_text}")
+    if request.batched_guidance:
+        steps = sum(int(s) for s, _ in request.phases)
+        windows = f"{request.windows} window" + ("s" if request.windows != 1 else "")
+        each = "per step and window" if request.windows != 1 else "per step"
+        branches = max(guidance_branches(cfg) for _, cfg in request.phases)
+        batch = "cond + uncond in one batch" if branches == 2 else "one branch, no guidance"
+        headline = (f"≈ {format_duration(seconds)} for {steps} steps x {windows} ({per_forward:.2f} s {each}, "
+                    f"{batch}) · peak {peak_text}")
+    else:
+        headline = (f"≈ {format_duration(seconds)} for {forwards} forwards ({per_forward:.2f} s each) · "
+                    f"peak {peak_text}")
     if exact:
         source = f"{row.gpu}: measured {row.describe()}"
     else:

@@ -3,22 +3,25 @@ parse widgets, call the engine, wrap results in native ComfyUI types."""
 
 from __future__ import annotations
 
+import pathlib
+
 from ..engine import host
 from ..engine.errors import InvalidInputError
 from ..engine.models import attention, precision
 from ..engine.models.avatar_encoders import NEGATIVE_PROMPT
-from ..engine.models.avatar_layouts import DEFAULT_FOLDER, discover_avatar_folders, download_command, resolve_avatar_folder
+from ..engine.models.avatar_layouts import (DEFAULT_FOLDER, discover_avatar_folders, download_command,
+                                           is_avatar_folder, resolve_avatar_folder)
 from ..engine.models.avatar_model import OFFLOAD_MODES, AvatarLoadOptions, load_avatar_model
 from ..engine.pipelines.avatar_audio import DEFAULT_MAX_SECONDS
 from ..engine.pipelines.avatar_face_mask import FACE_CHOICES
 from ..engine.pipelines.avatar_generate import LENGTH_MODES, WHOLE_AUDIO, generate_avatar_video
 from ..engine.pipelines.avatar_image import DEFAULT_IMAGE_SIZE, MIN_INPUT_SIDE, SIZE_STEP
+from ..engine.pipelines.avatar_validation import (FPS_CHOICES, MAX_IMAGE_SIZE, MODEL_NAME, avatar_input_errors,
+                                                  check_avatar_inputs)
 from .wan import MAX_SEED
 
 CATEGORY = "Reelsmith/Hunyuan Video Avatar"
 AVATAR_MODEL = "HUNYUAN_AVATAR_MODEL"
-FPS_CHOICES = ("25", "12.5")
-MAX_IMAGE_SIZE = 1280
 LICENCE_NOTICE = (
     "Licence: HunyuanVideo-Avatar's weights are under the Tencent Hunyuan Community License, which does not apply "
     "in the European Union, the United Kingdom or South Korea (no use there), and its outputs may not be used to "
@@ -31,6 +34,21 @@ def _folder_choices() -> list[str]:
     loader can say what to download when it is missing."""
     found = sorted(discover_avatar_folders(host.models_roots()))
     return found if DEFAULT_FOLDER in found else [DEFAULT_FOLDER] + found
+
+
+def avatar_folder(model: str) -> pathlib.Path:
+    """The vendor folder the loader's `model` names, or where it belongs when it is not there yet (under the first
+    models folder, where `hf download --local-dir` or download_models.py puts it)."""
+    folders = discover_avatar_folders(host.models_roots())
+    if model in folders:
+        return folders[model]
+    roots = host.models_roots()
+    return roots[0] / model if roots else pathlib.Path(model)
+
+
+def uses_fp8_checkpoint(precision: str) -> bool:
+    """The fp8 precisions load the vendor's fp8 pair when both checkpoints are there."""
+    return str(precision).startswith("fp8")
 
 
 class ReelsmithHunyuanAvatarLoader:
@@ -70,38 +88,21 @@ class ReelsmithHunyuanAvatarLoader:
             }
         }
 
-    def load(self, model, precision, attention, offload):
-        folders = discover_avatar_folders(host.models_roots())
-        if model not in folders:
-            roots = host.models_roots()
-            target = (roots[0] / model) if roots else model
+    @staticmethod
+    def resolve_files(model, precision, **_options):
+        """The files these widget values name, checked complete (ModelFilesError lists what is missing, with the
+        download commands); nothing is read. The editor's missing-model status asks the same folder."""
+        folder = avatar_folder(model)
+        if not is_avatar_folder(folder):
             raise InvalidInputError(
                 f"HunyuanVideo-Avatar folder '{model}' is not under ComfyUI's models folders. Download it with:\n  "
-                f"{download_command(target)}")
+                f"{download_command(folder)}")
+        return resolve_avatar_folder(folder, model, prefer_fp8=uses_fp8_checkpoint(precision))
+
+    def load(self, model, precision, attention, offload):
+        files = self.resolve_files(model, precision)
         options = AvatarLoadOptions(precision=precision, attention=attention, offload=offload)
-        files = resolve_avatar_folder(folders[model], model, prefer_fp8=precision.startswith("fp8"))
         return (load_avatar_model(files, options),)
-
-
-def parse_fps(fps) -> float | None:
-    """The combo's "25" / "12.5" (or the same number sent through the API) -> float; None for anything else."""
-    try:
-        value = float(fps)
-    except (TypeError, ValueError):
-        return None
-    return value if any(abs(value - float(choice)) < 1e-6 for choice in FPS_CHOICES) else None
-
-
-def avatar_input_errors(image_size, fps) -> list[str]:
-    """What ComfyUI's own checks would say of these two inputs (VALIDATE_INPUTS taking them replaces those)."""
-    problems = []
-    if not isinstance(image_size, int) or image_size < MIN_INPUT_SIDE or image_size > MAX_IMAGE_SIZE \
-            or image_size % SIZE_STEP:
-        problems.append(f"image_size {image_size} must be a multiple of {SIZE_STEP} from {MIN_INPUT_SIDE} to "
-                        f"{MAX_IMAGE_SIZE} (the model was trained at {DEFAULT_IMAGE_SIZE})")
-    if parse_fps(fps) is None:
-        problems.append(f"fps {fps} is not 25 or 12.5 (the frame rates the model was trained on)")
-    return problems
 
 
 class ReelsmithHunyuanAvatarSampler:
@@ -176,17 +177,16 @@ class ReelsmithHunyuanAvatarSampler:
 
     @classmethod
     def VALIDATE_INPUTS(cls, image_size, fps):
+        """The engine's rule (avatar_validation); taking these inputs replaces ComfyUI's own checks of them."""
         problems = avatar_input_errors(image_size, fps)
-        return True if not problems else "Hunyuan Avatar: " + "; ".join(problems) + "."
+        return True if not problems else f"{MODEL_NAME}: " + "; ".join(problems) + "."
 
     def generate(self, avatar_model, image, audio, prompt, negative_prompt, image_size, fps, steps, cfg, flow_shift,
                  seed, length, max_audio_seconds, faces, mask=None):
-        problems = avatar_input_errors(image_size, fps)
-        if problems:
-            raise InvalidInputError("Hunyuan Avatar: " + "; ".join(problems) + ".")
+        fps = check_avatar_inputs(image_size, fps)  # before anything else, as the engine's entry point does too
         video = generate_avatar_video(
             avatar_model, image=image, audio=audio, prompt=prompt, negative_prompt=negative_prompt,
-            image_size=image_size, fps=parse_fps(fps), steps=steps, cfg=cfg, flow_shift=flow_shift, seed=seed,
+            image_size=image_size, fps=fps, steps=steps, cfg=cfg, flow_shift=flow_shift, seed=seed,
             face_mask=mask, faces=faces, length=length, max_audio_seconds=max_audio_seconds)
         return (video.frames, video.audio, video.fps)
 

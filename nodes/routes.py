@@ -13,9 +13,11 @@ ComfyUI's PromptServer when there is one (ComfyUI also serves them under /api/..
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import importlib.util
 import logging
+import os
 import pathlib
 import re
 import shlex
@@ -25,19 +27,20 @@ from functools import lru_cache
 
 from ..engine import estimates, host
 from ..engine.errors import InvalidInputError, ReelsmithError
-from ..engine.models import checkpoint_io
+from ..engine.models import avatar_layouts, checkpoint_io
 from ..engine.models.ltx_variants import detect_ltx_variant
 from ..engine.models.wan_variants import WAN_VARIANTS, detect_wan_variant
-from ..engine.pipelines import ltx_validation, wan_validation
-from . import ltx, wan
+from ..engine.pipelines import avatar_validation, ltx_validation, wan_validation
+from ..engine.pipelines.avatar_audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, video_frame_count
+from ..engine.pipelines.avatar_generate import FIRST_WINDOW
+from ..engine.pipelines.avatar_image import long_side_cap, reference_size
+from ..engine.pipelines.avatar_windows import WINDOW_VIDEO_FRAMES, plan_avatar_windows
+from . import avatar, ltx, wan
 
 log = logging.getLogger("reelsmith")
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ROUTE_PREFIX = "/reelsmith/editor"
-# Hunyuan Video Avatar's image size step. Its sampler node is not in the pack yet; when it lands, its validation
-# should import this (or this should import the validation's constant), keeping one definition.
-AVATAR_IMAGE_SIZE_MULTIPLE = 64
 # Nominal sizes of the resolution presets (Wan's own 480p is 832x480); each is snapped to the model's step.
 PRESET_SIZES = {"480p": (832, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 
@@ -68,12 +71,13 @@ SAMPLER_RULES = {
     "ReelsmithLTXTextToVideo": SamplerRule(**_LTX),
     "ReelsmithLTXImageToVideo": SamplerRule(**_LTX),
     "ReelsmithLTXKeyframes": SamplerRule(**_LTX),
-    "ReelsmithHunyuanAvatarSampler": SamplerRule(
-        family="avatar", model_type="AVATAR_MODEL", size_widgets=("image_size",),
-        size_multiple=AVATAR_IMAGE_SIZE_MULTIPLE, size_multiple_by_variant={}, frames_widget=None, frame_stride=None),
+    "ReelsmithHunyuanAvatarSampler": SamplerRule(  # one square size widget; the length comes from the audio
+        family="avatar", model_type=avatar.AVATAR_MODEL, size_widgets=("image_size",),
+        size_multiple=avatar_validation.SIZE_STEP, size_multiple_by_variant={}, frames_widget=None, frame_stride=None),
 }
 LOADERS = {"ReelsmithWanModelLoader": ("wan", wan.ReelsmithWanModelLoader),
-           "ReelsmithLTXModelLoader": ("ltx", ltx.ReelsmithLTXModelLoader)}
+           "ReelsmithLTXModelLoader": ("ltx", ltx.ReelsmithLTXModelLoader),
+           "ReelsmithHunyuanAvatarLoader": ("avatar", avatar.ReelsmithHunyuanAvatarLoader)}
 
 
 def snap_to_multiple(value: int, multiple: int) -> int:
@@ -259,6 +263,8 @@ def loader_status(node_type: str, widgets: dict, listed_models=(), models_dir: s
     if models_dir is None:
         roots = host.models_roots()
         models_dir = str(roots[0]) if roots else None
+    if family == "avatar":
+        return avatar_loader_status(widgets, models_dir)
     listed = {m["name"]: m for m in listed_models if isinstance(m, dict) and isinstance(m.get("name"), str)}
     names = [str(v) for v in widgets.values() if isinstance(v, str)]
     try:
@@ -293,6 +299,56 @@ def loader_status(node_type: str, widgets: dict, listed_models=(), models_dir: s
     return {"ok": True, "family": family, "variant": variant, "variant_source": source,
             "message": f"All files present ({files.layout}: {files.label}).", "missing": [], "commands": [],
             "alternatives": []}
+
+
+def _shown(paths, models_dir: str | None) -> str:
+    """Paths as the node shows them: relative to the models folder when inside it, several in one folder on one line
+    ("folder/: a, b")."""
+    prefix = f"{models_dir.rstrip('/')}/" if models_dir else None
+    shown = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p in paths]
+    if len(shown) == 1:
+        return shown[0]
+    folder = os.path.commonpath(shown)
+    return f"{folder}/: " + ", ".join(p[len(folder):].lstrip("/").strip() for p in shown)
+
+
+def _avatar_set_commands(folder: pathlib.Path, parts, models_dir: str | None) -> tuple[list[str], list]:
+    """The shipped model set commands that fetch these missing parts (only where download_models.py writes the
+    set: the folder named by the workflows' model list, right under `models_dir`), and the parts no set covers."""
+    try:
+        relative = folder.relative_to(models_dir).as_posix() if models_dir else None
+    except ValueError:
+        relative = None
+    listed = [name for directory, name in shipped_model_sets() if directory == relative]
+    covered = [p for p in parts if any(fnmatch.fnmatchcase(name, p.include) for name in listed)]
+    wanted = [(relative, name) for name in listed if any(fnmatch.fnmatchcase(name, p.include) for p in covered)]
+    return download_commands(wanted, models_dir, {}), [p for p in parts if p not in covered]
+
+
+def avatar_loader_status(widgets: dict, models_dir: str | None) -> dict:
+    """loader_status of the Hunyuan Avatar loader: what its vendor folder lacks (each part of the download, the
+    face detector as optional), with download_models.py's shipped set when the folder is where that set goes, else
+    (and as the per-part alternatives) `hf download --include` commands. The family has one model: no variant."""
+    answer = {"family": "avatar", "variant": None, "variant_source": None, "missing": [], "commands": [],
+              "alternatives": []}
+    model, precision = widgets.get("model"), str(widgets.get("precision", "bf16"))
+    if not isinstance(model, str) or not model:
+        return {**answer, "ok": False, "message": "Cannot check this loader's widgets (no model folder named)."}
+    folder = avatar.avatar_folder(model)
+    parts = avatar_layouts.missing_avatar_parts(folder, avatar.uses_fp8_checkpoint(precision))
+    optional = [p for p in parts if p.optional]
+    if len(optional) == len(parts):
+        files = avatar.ReelsmithHunyuanAvatarLoader.resolve_files(model, precision)
+        notes = "".join(f" Note: {note}." for note in files.notes)
+        return {**answer, "ok": True, "message": f"All files present ({files.layout}: {files.label}).{notes}"}
+    per_part = [avatar_layouts.download_command(folder, p.include) for p in parts]
+    from_sets, uncovered = _avatar_set_commands(folder, parts, models_dir)
+    commands = from_sets + [avatar_layouts.download_command(folder, p.include) for p in uncovered]
+    where = "is incomplete" if folder.is_dir() else "is not downloaded yet"
+    return {**answer, "ok": False,
+            "message": f"HunyuanVideo-Avatar folder '{model}' ({folder}) {where}.",
+            "missing": [f"{_shown(p.paths, models_dir)} — {p.what}" for p in parts],
+            "commands": commands, "alternatives": [c for c in per_part if c not in commands]}
 
 
 # ------------------------------------------------------------------------------------------ estimates
@@ -331,6 +387,62 @@ def size_problems(family: str, variant: str | None, width: int, height: int, fra
     return []
 
 
+def _avatar_windows(payload: dict, sampler: dict) -> tuple[int, str | None, float | None]:
+    """(windows per step, what was assumed, the most audio the node accepts): whole audio runs as many 129-frame
+    windows as the audio needs (engine/pipelines/avatar_windows.py); without `audio_seconds` (the editor cannot
+    know the clip's length) one window is assumed."""
+    if sampler.get("length") == FIRST_WINDOW:
+        return 1, None, None
+    fps = avatar_validation.parse_fps(sampler.get("fps", "25")) or 25.0
+    if payload.get("audio_seconds") is not None:
+        seconds = _number(payload, "audio_seconds")
+        frames = video_frame_count(int(seconds * SAMPLE_RATE), fps)
+        windows = plan_avatar_windows(max(frames, 1)).windows_per_step
+        said = f"whole audio: {seconds:g} s is {frames} frames at {fps:g} fps, {windows} window(s) a step"
+        return windows, said, None
+    return 1, None, _number(sampler, "max_audio_seconds", float, DEFAULT_MAX_SECONDS)
+
+
+def avatar_estimate(payload: dict, rows=None) -> dict:
+    """estimate_for the Hunyuan Avatar sampler: one batched cond + uncond forward per step and window, at a square
+    portrait of `image_size` (the editor does not know the portrait's aspect), and the windows its audio needs."""
+    sampler, loader = payload.get("sampler") or {}, payload.get("loader") or {}
+    image_size = _number(sampler, "image_size", int)
+    steps, cfg = _number(sampler, "steps", int), _number(sampler, "cfg", float, 1.0)
+    windows, assumed, max_seconds = _avatar_windows(payload, sampler)
+    table = estimates.load_rows() if rows is None else rows
+
+    def run(width: int, height: int, windows: int) -> estimates.Estimate:
+        return estimates.estimate(table, estimates.EstimateRequest(
+            gpu_device=str(payload.get("gpu_device") or ""), model_family="avatar", variant=None,
+            precision=str(loader.get("precision", "bf16")), compile="off",
+            attention=str(loader.get("attention", "auto")), offload=str(loader.get("offload", "none")), width=width, height=height, frames=WINDOW_VIDEO_FRAMES,
+            phases=[(steps, cfg)], batched_guidance=True, windows=windows))
+
+    result = run(image_size, image_size, windows)
+    problems = avatar_validation.avatar_input_errors(image_size, sampler.get("fps", "25"))
+    if result.seconds is not None:
+        if max_seconds is not None:
+            fps = avatar_validation.parse_fps(sampler.get("fps", "25")) or 25.0
+            most = plan_avatar_windows(max(1, video_frame_count(int(max_seconds * SAMPLE_RATE), fps))).windows_per_step
+            result.lines.append(f"whole audio: 1 window assumed (the audio's length is not known here); each further "
+                                f"window adds ≈ {estimates.format_duration(result.seconds)}, up to {most} windows "
+                                f"(≈ {estimates.format_duration(result.seconds * most)}) at max_audio_seconds "
+                                f"{max_seconds:g}")
+        elif assumed:
+            result.lines.append(assumed)
+        if not problems:
+            width, height = reference_size(image_size, round(long_side_cap(image_size)), image_size)
+            tall = run(width, height, windows)
+            if tall.seconds is not None:
+                result.lines.append(f"size: a square portrait assumed ({image_size}x{image_size}); the tallest one at "
+                                    f"this image_size renders {width}x{height}: "
+                                    f"≈ {estimates.format_duration(tall.seconds)}")
+    answer = result.to_json()
+    answer["problems"] = problems
+    return answer
+
+
 def estimate_for(payload: dict, rows=None) -> dict:
     """What POST estimate answers: {"node_type", "gpu_device", "variant", "variant_source", "sampler": {widgets},
     "loader": {widgets}} -> the estimate (engine/estimates.py) plus the size problems validation would report."""
@@ -338,14 +450,12 @@ def estimate_for(payload: dict, rows=None) -> dict:
     rule = SAMPLER_RULES.get(node_type)
     if rule is None:
         raise InvalidInputError(f"{node_type!r} is not a Reelsmith sampler.")
+    if rule.family == "avatar":
+        return avatar_estimate(payload, rows)
     sampler, loader = payload.get("sampler") or {}, payload.get("loader") or {}
     variant = payload.get("variant")
-    if rule.family == "avatar":
-        width = height = _number(sampler, rule.size_widgets[0], int)
-        frames = _number(sampler, "frames", int, 129)
-    else:
-        width, height = _number(sampler, "width", int), _number(sampler, "height", int)
-        frames = _number(sampler, "frames", int)
+    width, height = _number(sampler, "width", int), _number(sampler, "height", int)
+    frames = _number(sampler, "frames", int)
     steps = _number(sampler, "steps", int)
     if rule.family == "wan":
         phases = wan_phases(variant, steps, _number(sampler, "cfg_high"), _number(sampler, "cfg_low", float, 1.0),
@@ -359,7 +469,8 @@ def estimate_for(payload: dict, rows=None) -> dict:
         gpu_device=str(payload.get("gpu_device") or ""), model_family=rule.family, variant=variant,
         precision=str(loader.get("precision", "bf16")), compile=str(loader.get("compile", "off")),
         attention=str(loader.get("attention", "auto")), width=width, height=height, frames=frames, phases=phases,
-        two_experts_resident=two_experts, variant_source=str(payload.get("variant_source") or "weights"))
+        two_experts_resident=two_experts, variant_source=str(payload.get("variant_source") or "weights"),
+        offload=str(loader.get("offload", "none")))
     result = estimates.estimate(estimates.load_rows() if rows is None else rows, request).to_json()
     result["problems"] = size_problems(rule.family, variant, width, height, frames)
     return result

@@ -27,7 +27,7 @@ def sampler_payloads(api: dict) -> list[tuple[str, dict]]:
             continue
         sampler = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
         loader_link = next((v for v in node["inputs"].values() if isinstance(v, list)
-                            and api[v[0]]["class_type"] in routes.SINGLE_FILE_WIDGETS), None)
+                            and api[v[0]]["class_type"] in routes.LOADERS), None)
         loader = api[loader_link[0]]["inputs"] if loader_link else {}
         names = [v for v in loader.values() if isinstance(v, str)]
         out.append((node_id, {"node_type": node["class_type"], "sampler": sampler, "loader": loader,

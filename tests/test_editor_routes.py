@@ -10,6 +10,7 @@ import types
 import pytest
 
 from reelsmith.engine import host
+from reelsmith.engine.demo_avatar import write_avatar_demo_models
 from reelsmith.engine.demo_ltx import TinyLTXSet
 from reelsmith.engine.demo_models import TinyWanSet
 from reelsmith.engine.pipelines.schedulers import make_flow_scheduler
@@ -182,6 +183,115 @@ def test_not_a_loader_is_refused():
         routes.loader_status("KSampler", {})
 
 
+# ------------------------------------------------------------------ Hunyuan Avatar loader
+
+AVATAR_LOADER = "ReelsmithHunyuanAvatarLoader"
+AVATAR_OPTIONS = dict(precision="fp8_e4m3fn_fast", attention="auto", offload="none")
+TRANSFORMERS = "ckpts/hunyuan-video-t2v-720p/transformers"
+
+
+@pytest.fixture(scope="module")
+def avatar_demo(tmp_path_factory):
+    """A tiny complete vendor tree at <models>/reelsmith-demo/HunyuanVideo-Avatar."""
+    root = tmp_path_factory.mktemp("avatar-models")
+    write_avatar_demo_models(root)
+    return root / "reelsmith-demo" / "HunyuanVideo-Avatar"
+
+
+@pytest.fixture
+def avatar_root(tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    root.mkdir()
+    monkeypatch.setattr(host, "models_roots", lambda: [root])
+    return root
+
+
+def _avatar_status(root, model="HunyuanVideo-Avatar", **options):
+    return routes.loader_status(AVATAR_LOADER, dict(model=model, **dict(AVATAR_OPTIONS, **options)),
+                                models_dir=str(root))
+
+
+def _set_command(root):
+    return f"{sys.executable} {routes.PACK_ROOT / 'scripts' / 'download_models.py'} hunyuan-avatar --models-dir {root}"
+
+
+def test_avatar_folder_absent_names_every_part_and_the_model_set(avatar_root):
+    status = _avatar_status(avatar_root)
+    folder = avatar_root / "HunyuanVideo-Avatar"
+    assert status["ok"] is False and status["family"] == "avatar" and status["variant"] is None
+    assert "is not downloaded yet" in status["message"] and str(folder) in status["message"]
+    model_files = ": config.json, (weights: *.safetensors)"
+    tokenizer = ", (tokenizer: tokenizer.json, or vocab.json + merges.txt)"
+    assert status["missing"] == [  # one line per part, relative to the models folder
+        f"HunyuanVideo-Avatar/{TRANSFORMERS}/mp_rank_00_model_states.pt (bf16) or mp_rank_00_model_states_fp8.pt + "
+        "mp_rank_00_model_states_fp8_map.pt (fp8) — the transformer",
+        "HunyuanVideo-Avatar/ckpts/hunyuan-video-t2v-720p/vae/: pytorch_model.pt, config.json — the VAE",
+        f"HunyuanVideo-Avatar/ckpts/llava_llama_image/{model_files}{tokenizer} — the LLaVA-Llama-3 text + image "
+        "encoder",
+        f"HunyuanVideo-Avatar/ckpts/text_encoder_2/{model_files}{tokenizer} — the CLIP-L text encoder",
+        f"HunyuanVideo-Avatar/ckpts/whisper-tiny/{model_files} — the whisper-tiny audio encoder",
+        "HunyuanVideo-Avatar/ckpts/det_align/detface.pt — the face detector (optional: or connect a face MASK to the "
+        "sampler)"]
+    assert status["commands"] == [_set_command(avatar_root)]  # the shipped workflow's set fills exactly this folder
+    hf = f"hf download tencent/HunyuanVideo-Avatar --include '{{}}' --local-dir {folder}"
+    assert status["alternatives"] == [hf.format(include) for include in (
+        f"{TRANSFORMERS}/mp_rank_00_model_states_fp8*", "ckpts/hunyuan-video-t2v-720p/vae/*",
+        "ckpts/llava_llama_image/*", "ckpts/text_encoder_2/*", "ckpts/whisper-tiny/*", "ckpts/det_align/detface.pt")]
+
+
+def test_avatar_incomplete_tree_names_only_what_is_missing(avatar_root, avatar_demo):
+    folder = avatar_root / "HunyuanVideo-Avatar"
+    shutil.copytree(avatar_demo, folder)
+    (folder / "ckpts" / "hunyuan-video-t2v-720p" / "vae" / "pytorch_model.pt").unlink()
+    shutil.rmtree(folder / "ckpts" / "whisper-tiny")
+    status = _avatar_status(avatar_root)
+    assert status["ok"] is False and "is incomplete" in status["message"]
+    assert status["missing"] == [
+        "HunyuanVideo-Avatar/ckpts/hunyuan-video-t2v-720p/vae/pytorch_model.pt — the VAE",
+        "HunyuanVideo-Avatar/ckpts/whisper-tiny/: config.json, (weights: *.safetensors) — the whisper-tiny audio encoder"]
+    assert status["commands"] == [_set_command(avatar_root)]  # it skips what is there
+    assert [c.split("--include ")[1].split()[0] for c in status["alternatives"]] == \
+        ["'ckpts/hunyuan-video-t2v-720p/vae/*'", "'ckpts/whisper-tiny/*'"]
+
+
+def test_avatar_folder_elsewhere_gets_hf_commands_for_its_own_place(avatar_root, avatar_demo):
+    """The model set writes to models/HunyuanVideo-Avatar only; another folder gets commands for itself."""
+    folder = avatar_root / "my-avatar"
+    shutil.copytree(avatar_demo, folder)
+    transformers = folder / TRANSFORMERS
+    (transformers / "mp_rank_00_model_states.pt").unlink()
+    (transformers / "mp_rank_00_model_states_fp8_map.pt").unlink()
+    status = _avatar_status(avatar_root, model="my-avatar")
+    assert status["missing"] == [f"my-avatar/{TRANSFORMERS}/mp_rank_00_model_states_fp8_map.pt — the fp8 "
+                                 "transformer's scale map"]
+    assert status["commands"] == [f"hf download tencent/HunyuanVideo-Avatar --include "
+                                  f"'{TRANSFORMERS}/mp_rank_00_model_states_fp8_map.pt' --local-dir {folder}"]
+    assert status["alternatives"] == []
+
+
+def test_avatar_complete_tree_is_ok_and_a_missing_detector_is_a_note(avatar_root, avatar_demo):
+    folder = avatar_root / "HunyuanVideo-Avatar"
+    shutil.copytree(avatar_demo, folder)
+    status = _avatar_status(avatar_root)
+    assert status["ok"] is True, status
+    assert status["message"] == "All files present (tencent/HunyuanVideo-Avatar vendor folder: HunyuanVideo-Avatar)."
+    assert (status["missing"], status["commands"], status["variant"]) == ([], [], None)
+    (folder / "ckpts" / "det_align" / "detface.pt").unlink()
+    without = _avatar_status(avatar_root, precision="bf16")
+    assert without["ok"] is True and "no face detector" in without["message"] and "face MASK" in without["message"]
+    assert "--include 'ckpts/det_align/*'" in without["message"]
+
+
+def test_avatar_loader_and_status_agree(avatar_root, avatar_demo):
+    """The status calls the loader's own resolve_files: what it says is missing, loading refuses."""
+    shutil.copytree(avatar_demo, avatar_root / "HunyuanVideo-Avatar")
+    (avatar_root / "HunyuanVideo-Avatar" / "ckpts" / "text_encoder_2" / "config.json").unlink()
+    with pytest.raises(routes.ReelsmithError, match="text_encoder_2/config.json"):
+        routes.LOADERS[AVATAR_LOADER][1].resolve_files("HunyuanVideo-Avatar", "bf16")
+    assert _avatar_status(avatar_root)["missing"] == [
+        "HunyuanVideo-Avatar/ckpts/text_encoder_2/config.json — the CLIP-L text encoder"]
+
+
 # ------------------------------------------------------------------ estimates
 
 
@@ -234,6 +344,55 @@ def test_estimate_without_a_known_variant():
     result = routes.estimate_for(dict(node_type="ReelsmithWan22TextToVideo", gpu_device=H100_DEVICE, variant=None,
                                       sampler=_wan_sampler(), loader=LOADER_OPTIONS))
     assert result["status"] == "unknown_model" and result["seconds"] is None
+
+
+def _avatar_payload(gpu=H100_DEVICE, loader=None, **sampler):
+    values = dict(prompt="", image_size=704, fps="25", steps=50, cfg=7.5, flow_shift=5.0, seed=42,
+                  length="whole audio", max_audio_seconds=60.0, faces="largest")
+    values.update(sampler)
+    return dict(node_type="ReelsmithHunyuanAvatarSampler", gpu_device=gpu, variant=None, sampler=values,
+                loader={**dict(model="HunyuanVideo-Avatar", precision="bf16", attention="auto", offload="none"),
+                        **(loader or {})})
+
+
+def test_avatar_estimate_comes_from_the_h100_measurement():
+    result = routes.estimate_for(_avatar_payload())
+    assert (result["status"], result["forwards"], result["seconds"]) == ("measured", 50, pytest.approx(840.0))
+    assert (result["peak_gib"], result["peak_kind"]) == (40.2, "measured")
+    assert result["row"]["model_family"] == "avatar" and result["row"]["offload"] == "none"
+    lines = result["lines"]
+    assert lines[0] == ("≈ 14 min for 50 steps x 1 window (16.80 s per step, cond + uncond in one batch) · "
+                        "peak ≈ 40.2 GiB")
+    assert lines[1] == ("NVIDIA H100 80GB HBM3: measured 13b bf16, compile off, attention sdpa, 704x704 x 129 frames "
+                        "(16.8 s/forward at batch 2, 2026-11-22)")
+    # whole audio, audio unknown: one window assumed, said, with the bound at max_audio_seconds (60 s at 25 fps =
+    # 1500 frames: 385 latent frames on the circle, 12 windows of 33)
+    assert ("whole audio: 1 window assumed (the audio's length is not known here); each further window adds "
+            "≈ 14 min, up to 12 windows (≈ 2 h 48 min) at max_audio_seconds 60") in lines
+    assert any(line.startswith("size: a square portrait assumed (704x704); the tallest one at this image_size renders "
+                               "704x1216: ≈ ") for line in lines)
+    assert result["problems"] == []
+
+
+def test_avatar_estimate_windows_offload_and_precision():
+    block = routes.estimate_for(_avatar_payload(loader=dict(offload="block")))
+    assert (block["peak_gib"], block["seconds"]) == (17.2, pytest.approx(840.0))
+    first = routes.estimate_for(_avatar_payload(length="first 129 frames", fps="12.5"))
+    assert first["forwards"] == 50 and not any("window assumed" in line for line in first["lines"])
+    # a script that knows the clip: 12 s at 25 fps = 300 frames -> (305 // 128 + 1) * 32 + 1 = 97 latent frames,
+    # 3 windows a step
+    known = routes.estimate_for(dict(_avatar_payload(), audio_seconds=12.0))
+    assert (known["forwards"], known["seconds"]) == (150, pytest.approx(150 * 16.8))
+    assert "whole audio: 12 s is 300 frames at 25 fps, 3 window(s) a step" in known["lines"]
+    fp8 = routes.estimate_for(_avatar_payload(loader=dict(precision="fp8_e4m3fn_fast")))
+    assert fp8["status"] == "no_measurement" and fp8["seconds"] is None
+    assert fp8["lines"] == ["No measurement for this GPU (NVIDIA H100 80GB HBM3) with Hunyuan Video Avatar 13b at "
+                            "precision fp8_e4m3fn_fast (measured: bf16)."]
+    cpu = routes.estimate_for(_avatar_payload(gpu="cpu", image_size=700, fps="30"))
+    assert cpu["status"] == "no_measurement" and "measured on: NVIDIA H100 80GB HBM3" in cpu["lines"][0]
+    assert cpu["problems"] == [
+        "image_size 700 must be a multiple of 64 from 256 to 1280 (the model was trained at 704): use 640 or 704",
+        "fps 30 is not 25 or 12.5 fps (the frame rates the model was trained on)"]
 
 
 def test_estimate_bad_payloads_are_named():

@@ -3,18 +3,23 @@ these tests fail when the published table, the node definitions or the JS drift 
 
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 
 from pack_paths import PACK_ROOT
 from reelsmith import NODE_CLASS_MAPPINGS
 from reelsmith.engine.models.wan_variants import WAN_VARIANTS
+from reelsmith.engine.pipelines import avatar_validation
+from reelsmith.engine.pipelines.avatar_validation import avatar_input_errors
 from reelsmith.engine.pipelines.ltx_validation import ltx_size_errors
 from reelsmith.engine.pipelines.wan_validation import wan_size_errors
 from reelsmith.nodes import routes
 
 RULES = routes.sampler_rules()
 JS = (PACK_ROOT / "js" / "reelsmith.js").read_text()
+AVATAR = "ReelsmithHunyuanAvatarSampler"
 
 
 def _validation(name: str, multiple: int):
@@ -26,7 +31,9 @@ def _validation(name: str, multiple: int):
     if family == "ltx":
         return (lambda w, h: ltx_size_errors(w, h, 97),
                 lambda f: [p for p in ltx_size_errors(768, 512, f) if p.startswith("frames")])
-    pytest.skip(f"{family}: no validation in the engine yet")
+    if family == "avatar":  # one square size (image_size); the length comes from the audio
+        return (lambda w, h: avatar_input_errors(w, "25") + ([] if w == h else [f"{w}x{h} is not square"]), None)
+    raise AssertionError(f"{family}: a sampler family without engine validation")
 
 
 def _multiples(entry) -> list[int]:
@@ -40,7 +47,18 @@ def test_rules_are_json_and_cover_every_sampler():
     assert sizeable == {"ReelsmithWan22TextToVideo", "ReelsmithWan22ImageToVideo", "ReelsmithLTXTextToVideo",
                         "ReelsmithLTXImageToVideo", "ReelsmithLTXKeyframes"}
     assert sizeable <= set(RULES["samplers"]), "a sampler with size widgets has no snapping rule"
-    assert set(RULES["loaders"]) == {"ReelsmithWanModelLoader", "ReelsmithLTXModelLoader"}
+    assert set(RULES["loaders"]) == {"ReelsmithWanModelLoader", "ReelsmithLTXModelLoader",
+                                     "ReelsmithHunyuanAvatarLoader"}
+
+
+@pytest.mark.parametrize("name", sorted(RULES["samplers"]))
+def test_model_type_leads_from_the_sampler_to_a_loader(name):
+    """The JS walks a sampler's input of the rule's model type up to a loader: that input and that loader exist."""
+    rule = RULES["samplers"][name]
+    inputs = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["required"]
+    assert any(spec[0] == rule["model_type"] for spec in inputs.values()), rule["model_type"]
+    assert any(rule["model_type"] in NODE_CLASS_MAPPINGS[loader].RETURN_TYPES and info["family"] == rule["family"]
+               for loader, info in RULES["loaders"].items())
 
 
 def test_avatar_sampler_rule_is_ready_for_its_node():
@@ -75,7 +93,7 @@ def test_widget_steps_match_the_rules(name):
     assert entry["frames"]["limits"] == {k: frames[k] for k in ("min", "max", "step")}
 
 
-@pytest.mark.parametrize("name", sorted(n for n in RULES["samplers"] if n in NODE_CLASS_MAPPINGS))
+@pytest.mark.parametrize("name", sorted(n for n in RULES["samplers"] if RULES["samplers"][n]["frames"]))
 def test_rules_accept_exactly_what_validation_accepts(name):
     entry = RULES["samplers"][name]
     for multiple in _multiples(entry):
@@ -88,6 +106,58 @@ def test_rules_accept_exactly_what_validation_accepts(name):
     _, frame_problems = _validation(name, entry["size"]["multiple"])
     for frames in range(1, 300):
         assert (not frame_problems(frames)) == ((frames - offset) % stride == 0), frames
+
+
+def _js_snap(values, step, offset, limits) -> list:
+    """The extension's own snapToGrid (js/reelsmith.js) run by Node.js on typed values (no previous value)."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("Node.js not found: the JS snapping is checked in the browser tier instead")
+    source = re.search(r"^function snapToGrid\(.*?^}$", JS, re.S | re.M).group(0)
+    script = f"{source}\nconsole.log(JSON.stringify({json.dumps(values)}.map((v) => snapToGrid(v, {step}, {offset}, "\
+             f"undefined, {json.dumps(limits)}))));"
+    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30, check=True)
+    return json.loads(result.stdout)
+
+
+def test_avatar_rules_accept_exactly_what_the_engine_accepts():
+    """What the editor publishes for the avatar sampler (step and limits of image_size) is the engine's rule
+    (engine/pipelines/avatar_validation.py): a value on it is accepted, a value off it refused, and whatever the
+    JS snaps a typed value to is accepted."""
+    entry = RULES["samplers"][AVATAR]
+    size = entry["size"]
+    assert size["widgets"] == ["image_size"] and size["by_variant"] == {} and entry["frames"] is None
+    assert size["limits"] == {"min": avatar_validation.MIN_INPUT_SIDE, "max": avatar_validation.MAX_IMAGE_SIZE,
+                              "step": avatar_validation.SIZE_STEP} == {"min": 256, "max": 1280, "step": 64}
+    step, limits = size["multiple"], size["limits"]
+    typed = list(range(0, 2101))
+    for value in typed:
+        on_rule = value % step == 0 and limits["min"] <= value <= limits["max"]
+        assert (not avatar_input_errors(value, "25")) == on_rule, value
+    snapped = _js_snap(typed, step, 0, limits)
+    for value, result in zip(typed, snapped):
+        assert not avatar_input_errors(result, "25"), (value, result)
+        if limits["min"] <= value <= limits["max"]:
+            assert abs(result - value) <= step // 2, (value, result)  # the nearest valid size
+    assert (snapped[1000], snapped[100], snapped[2000], snapped[736]) == (1024, 256, 1280, 704)  # ties go down
+
+
+def test_avatar_fps_choices_are_the_engines():
+    choices = NODE_CLASS_MAPPINGS[AVATAR].INPUT_TYPES()["required"]["fps"][0]
+    assert choices == list(avatar_validation.FPS_CHOICES) == ["25", "12.5"]
+    assert all(not avatar_input_errors(704, fps) for fps in choices)
+    for wrong in ("30", "24", 0, None, "fast"):
+        assert avatar_input_errors(704, wrong) == [f"fps {wrong} is not 25 or 12.5 fps (the frame rates the model "
+                                                   f"was trained on)"]
+
+
+def test_avatar_sampler_validates_with_the_engines_rule():
+    """VALIDATE_INPUTS (and so queueing) says exactly what the engine's check says."""
+    node = NODE_CLASS_MAPPINGS[AVATAR]
+    for image_size, fps in ((704, "25"), (1024, "12.5"), (700, "25"), (1344, "25"), (704, "30")):
+        problems = avatar_input_errors(image_size, fps)
+        result = node.VALIDATE_INPUTS(image_size=image_size, fps=fps)
+        assert result is True if not problems else result == "Hunyuan Avatar: " + "; ".join(problems) + "."
 
 
 @pytest.mark.parametrize("name", sorted(n for n in RULES["samplers"] if n in NODE_CLASS_MAPPINGS))

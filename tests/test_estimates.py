@@ -56,9 +56,23 @@ def test_table_holds_the_h100_wan_measurements(rows):
             assert 10.0 < peak < 40.0 and seconds > 3 * measured[(precision, compile_mode, "480p")][0]
     assert measured[("fp8_e4m3fn_fast", "regional", "720p")][0] < measured[("bf16", "off", "720p")][0]
     for row in rows:
-        assert (row.raw["driver"], row.raw["torch"], row.attention) == ("580.159.04", "2.11.0+cu130", "cudnn")
+        assert (row.raw["driver"], row.raw["torch"]) == ("580.159.04", "2.11.0+cu130")
+        # bench.py ran cuDNN attention; check_avatar_gpu.py set no backend (diffusers' default: torch SDPA)
+        assert row.attention == ("sdpa" if row.model_family == "avatar" else "cudnn")
     assert {(r.model_family, r.variant) for r in rows} == {("wan", "t2v-a14b"), ("wan", "ti2v-5b"), ("ltx", "2b"),
-                                                           ("ltx", "13b")}
+                                                           ("ltx", "13b"), ("avatar", "13b")}
+
+
+def test_table_holds_the_h100_avatar_measurement(rows):
+    """scripts/check_avatar_gpu.py on the H100 (2026-11-22): 704 px, 129 frames, bf16, cond + uncond batched:
+    16.8 s per step, 40.2 GiB resident, 17.2 GiB with block offload at the same speed."""
+    avatar = {r.offload: r for r in rows if r.model_family == "avatar"}
+    assert set(avatar) == {"none", "block"}
+    for offload, peak in (("none", 40.2), ("block", 17.2)):
+        row = avatar[offload]
+        assert (row.gpu, row.precision, row.compile, row.width, row.height, row.frames, row.batch) == \
+            (H100, "bf16", "off", 704, 704, 129, 2)
+        assert (row.seconds_per_forward, row.peak_gib) == (16.8, peak)
 
 
 def test_peer_rows_are_not_estimated_from(raw_rows, rows):
@@ -78,6 +92,8 @@ def test_rows_have_the_bench_schema_plus_model_family(raw_rows):
 def test_tflops_follow_bench_flop_count(raw_rows):
     workload = _bench_models().Workload
     for row in raw_rows:
+        if row["tflops"] is None:  # not recorded (check_avatar_gpu.py reports none)
+            continue
         width, height = row.get("width"), row.get("height")
         flops = sum(estimates.model_shape(row["model_family"], row["variant"]).forward_flops(
             estimates.model_shape(row["model_family"], row["variant"]).tokens(
@@ -131,6 +147,8 @@ def test_token_counts_follow_each_family_compression():
     assert estimates.model_shape("wan", "ti2v-5b").tokens(1280, 704, 121) == 31 * 22 * 40  # 16x VAE, 2x2 patch
     assert estimates.model_shape("ltx", "13b").tokens(1280, 704, 97) == 11440  # DESIGN.md's LTX token count
     assert estimates.model_shape("avatar", "whatever") is None
+    # one 129-frame window at 704x704: 33 latent frames of 44 x 44 tokens (8x VAE, 2x2 patch)
+    assert estimates.model_shape("avatar", "13b").tokens(704, 704, 129) == 33 * 44 * 44
 
 
 @pytest.mark.parametrize("source, target", [("720p", "480p"), ("480p", "720p")])
@@ -267,6 +285,50 @@ def test_optional_stage_times_and_weights(raw_rows):
     both = estimates.estimate(table, _request(precision=row["precision"], compile=row["compile"],
                                               two_experts_resident=True))
     assert both.peak_gib == pytest.approx(row["peak_gib"] + 13.0)
+
+
+def _avatar_request(**overrides):
+    values = dict(gpu_device=H100_DEVICE, model_family="avatar", variant=None, precision="bf16", compile="off",
+                  width=704, height=704, frames=129, phases=[(50, 7.5)], batched_guidance=True)
+    values.update(overrides)
+    return estimates.EstimateRequest(**values)
+
+
+def test_avatar_step_is_one_batched_forward_per_window(rows):
+    result = estimates.estimate(rows, _avatar_request())
+    assert (result.status, result.forwards) == ("measured", 50)  # the family's one model: no variant needed
+    assert result.seconds == pytest.approx(50 * 16.8) and (result.peak_gib, result.peak_kind) == (40.2, "measured")
+    assert result.lines[0].startswith("≈ 14 min for 50 steps x 1 window (16.80 s per step, cond + uncond in one "
+                                      "batch) · peak ≈ 40.2 GiB")
+    assert result.lines[1] == ("NVIDIA H100 80GB HBM3: measured 13b bf16, compile off, attention sdpa, 704x704 x 129 "
+                               "frames (16.8 s/forward at batch 2, 2026-11-22)")
+    assert not any("variant" in line for line in result.lines)
+    three = estimates.estimate(rows, _avatar_request(windows=3))
+    assert (three.forwards, three.seconds) == (150, pytest.approx(150 * 16.8))
+    assert "50 steps x 3 windows (16.80 s per step and window" in three.lines[0]
+
+
+def test_avatar_without_guidance_halves_the_batch_and_says_so(rows):
+    result = estimates.estimate(rows, _avatar_request(phases=[(50, 1.0)]))
+    assert result.seconds == pytest.approx(50 * 8.4) and result.peak_kind == "at most"
+    assert "one branch, no guidance" in result.lines[0]
+    assert any("cfg 1 runs 1 branch per step: taken as 1/2 of the measured batch of 2 (not measured)" in line
+               for line in result.lines)
+
+
+def test_avatar_offload_picks_its_row_and_another_size_extrapolates(rows):
+    block = estimates.estimate(rows, _avatar_request(offload="block"))
+    assert (block.seconds, block.peak_gib) == (pytest.approx(50 * 16.8), 17.2)
+    assert "offload block" in block.lines[1]
+    model = estimates.estimate(rows, _avatar_request(offload="model"))
+    assert model.peak_gib == 40.2 and any("offload model not measured: figures for offload none" in line
+                                          for line in model.lines)
+    smaller = estimates.estimate(rows, _avatar_request(width=512, height=512))
+    shape = estimates.model_shape("avatar", "13b")
+    assert smaller.status == "extrapolated"
+    assert smaller.seconds == pytest.approx(50 * 16.8 * shape.time_scale(33 * 44 * 44, 33 * 32 * 32), rel=1e-3)
+    assert smaller.seconds < 50 * 16.8 * (32 * 32) / (44 * 44)  # attention shrinks faster than the tokens
+    assert (smaller.peak_gib, smaller.peak_kind) == (40.2, "at most")
 
 
 def test_estimate_json_is_serialisable(rows):

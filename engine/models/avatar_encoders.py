@@ -114,14 +114,21 @@ def _missing_model_files(folder: pathlib.Path, needs_tokenizer: bool) -> list[st
     return missing
 
 
-def check_avatar_encoder_files(files: AvatarEncoderFiles, detector: bool = True) -> None:
-    """Raise one error naming every missing file, each part with the command that downloads it."""
-    problems = []
+def missing_encoder_files(files: AvatarEncoderFiles) -> list[tuple[str, list[str]]]:
+    """(component folder under ckpts/, what is missing in it) for each encoder that is not complete."""
+    found = []
     for folder, component, tokenizer in ((files.llava, LLAVA_DIR, True), (files.clip, CLIP_DIR, True),
                                          (files.whisper, WHISPER_DIR, False)):
         missing = _missing_model_files(folder, tokenizer)
         if missing:
-            problems.append("\n    ".join(missing) + f"\n    -> {download_command(files, component)}")
+            found.append((component, missing))
+    return found
+
+
+def check_avatar_encoder_files(files: AvatarEncoderFiles, detector: bool = True) -> None:
+    """Raise one error naming every missing file, each part with the command that downloads it."""
+    problems = ["\n    ".join(missing) + f"\n    -> {download_command(files, component)}"
+                for component, missing in missing_encoder_files(files)]
     if detector and not files.detector.is_file():
         problems.append(f"{files.detector}\n    -> hf download {VENDOR_REPO} --include 'ckpts/{DETECTOR_FILE}' "
                         f"--local-dir {files.root}  (or connect a face MASK instead)")

@@ -21,7 +21,8 @@ import pathlib
 from dataclasses import dataclass, field
 
 from ..errors import ModelFilesError
-from .avatar_encoders import AvatarEncoderFiles, avatar_encoder_files, check_avatar_encoder_files
+from .avatar_encoders import (CLIP_DIR, DETECTOR_FILE, LLAVA_DIR, WHISPER_DIR, AvatarEncoderFiles, avatar_encoder_files,
+                             missing_encoder_files)
 from .hunyuan_avatar_checkpoint import (BF16_FILE, FP8_FILE, FP8_MAP_FILE, TRANSFORMERS_DIR, AvatarTransformerFiles,
                                         find_avatar_transformer_files)
 from .hunyuan_vae import VENDOR_WEIGHTS
@@ -63,24 +64,60 @@ def download_command(folder: pathlib.Path, include: str | None = None) -> str:
     return f"hf download {VENDOR_REPO}{part} --local-dir {folder}"
 
 
-def _transformer_missing(root: pathlib.Path, prefer_fp8: bool) -> list[str]:
+@dataclass(frozen=True)
+class MissingAvatarPart:
+    """One part of the download that is missing: what it is, its missing paths (as shown to the user) and the
+    `hf download --include` pattern (relative to the download root) that fetches it."""
+    what: str
+    paths: tuple[str, ...]
+    include: str
+    hint: str = ""          # said after the command
+    optional: bool = False  # the face detector: a face MASK on the sampler stands in for it
+
+    def describe(self, root: pathlib.Path) -> str:
+        """The part as the loader's error lists it: paths, what it is, the command."""
+        hint = f"   {self.hint}" if self.hint else ""
+        return "\n    ".join(self.paths) + f" — {self.what}\n    -> {download_command(root, self.include)}{hint}"
+
+
+ENCODER_NAMES = {LLAVA_DIR: "the LLaVA-Llama-3 text + image encoder", CLIP_DIR: "the CLIP-L text encoder",
+                 WHISPER_DIR: "the whisper-tiny audio encoder"}
+
+
+def _transformer_missing(root: pathlib.Path, prefer_fp8: bool) -> list[MissingAvatarPart]:
     try:
         find_avatar_transformer_files(root, prefer_fp8=prefer_fp8)
     except ModelFilesError:
         folder = root / TRANSFORMERS_DIR
-        pair = f"{FP8_FILE} + {FP8_MAP_FILE}"
-        return [f"{folder}/{BF16_FILE} (bf16) or {pair} (fp8) — the transformer\n    -> "
-                + download_command(root, f"{TRANSFORMERS_DIR}/{FP8_FILE[:-len('.pt')]}*")
-                + f"   (fp8 pair; or '{TRANSFORMERS_DIR}/{BF16_FILE}' for bf16)"]
+        if (folder / FP8_FILE).is_file() and not (folder / FP8_MAP_FILE).is_file():
+            return [MissingAvatarPart("the fp8 transformer's scale map", (str(folder / FP8_MAP_FILE),),
+                                      f"{TRANSFORMERS_DIR}/{FP8_MAP_FILE}")]
+        return [MissingAvatarPart(
+            "the transformer", (f"{folder}/{BF16_FILE} (bf16) or {FP8_FILE} + {FP8_MAP_FILE} (fp8)",),
+            f"{TRANSFORMERS_DIR}/{FP8_FILE[:-len('.pt')]}*",
+            f"(fp8 pair; or '{TRANSFORMERS_DIR}/{BF16_FILE}' for bf16)")]
     return []
 
 
-def _vae_missing(root: pathlib.Path) -> list[str]:
+def _vae_missing(root: pathlib.Path) -> list[MissingAvatarPart]:
     folder = root / VAE_DIR
-    absent = [str(folder / name) for name in (VENDOR_WEIGHTS, "config.json") if not (folder / name).is_file()]
-    if not absent:
-        return []
-    return ["\n    ".join(absent) + " — the VAE\n    -> " + download_command(root, f"{VAE_DIR}/*")]
+    absent = tuple(str(folder / name) for name in (VENDOR_WEIGHTS, "config.json") if not (folder / name).is_file())
+    return [MissingAvatarPart("the VAE", absent, f"{VAE_DIR}/*")] if absent else []
+
+
+def missing_avatar_parts(folder, prefer_fp8: bool = False) -> list[MissingAvatarPart]:
+    """Every missing part of a vendor folder (the download root or its `ckpts/`; it need not exist), the optional
+    face detector last. Nothing is read: only which files are there."""
+    folder = pathlib.Path(folder)
+    root = folder.parent if folder.name == "ckpts" else folder
+    encoders = avatar_encoder_files(root)
+    parts = _transformer_missing(root, prefer_fp8) + _vae_missing(root)
+    parts += [MissingAvatarPart(ENCODER_NAMES[component], tuple(paths), f"ckpts/{component}/*")
+              for component, paths in missing_encoder_files(encoders)]
+    if not encoders.detector.is_file():
+        parts.append(MissingAvatarPart("the face detector (optional: or connect a face MASK to the sampler)",
+                                       (str(encoders.detector),), f"ckpts/{DETECTOR_FILE}", optional=True))
+    return parts
 
 
 def resolve_avatar_folder(folder, label: str | None = None, prefer_fp8: bool = False) -> AvatarModelFiles:
@@ -92,12 +129,8 @@ def resolve_avatar_folder(folder, label: str | None = None, prefer_fp8: bool = F
     if not root.is_dir():
         raise ModelFilesError(f"HunyuanVideo-Avatar model folder '{label}' ({root}) does not exist. Download it "
                               f"with:\n  {download_command(root)}")
-    problems = _transformer_missing(root, prefer_fp8) + _vae_missing(root)
+    problems = [part.describe(root) for part in missing_avatar_parts(root, prefer_fp8) if not part.optional]
     encoders = avatar_encoder_files(root)
-    try:
-        check_avatar_encoder_files(encoders, detector=False)
-    except ModelFilesError as error:
-        problems.append(str(error).split("Missing:\n  - ", 1)[-1])
     if problems:
         raise ModelFilesError(
             f"HunyuanVideo-Avatar model '{label}' is incomplete (assumed layout: {LAYOUT}, as `{download_command(root)}` "

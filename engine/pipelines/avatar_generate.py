@@ -30,11 +30,12 @@ from ..models.avatar_layouts import download_command
 from ..models.hunyuan_vae import decode_avatar_latents, encode_reference_latents
 from .avatar_audio import (DEFAULT_MAX_SECONDS, SAMPLE_RATE, prepare_avatar_audio, trim_audio_to_video,
                            video_frame_count)
-from .avatar_audio_features import avatar_audio_features, whisper_stride
+from .avatar_audio_features import avatar_audio_features
 from .avatar_face_mask import FACE_CHOICES, avatar_face_mask
 from .avatar_image import DEFAULT_IMAGE_SIZE, prepare_reference_image, reference_video
 from .avatar_sampler import AvatarConditioning, AvatarModelInputs, AvatarSampleRequest, sample_avatar
 from .avatar_schedule import DEFAULT_CFG_SCALE, DEFAULT_FLOW_SHIFT, DEFAULT_STEPS, flow_sigmas
+from .avatar_validation import check_avatar_inputs
 from .avatar_windows import WINDOW_LATENT_FRAMES, WINDOW_VIDEO_FRAMES, plan_avatar_windows
 from .wan_generate import oom_advice
 
@@ -77,8 +78,7 @@ def _denoiser(transformer, previews: dict):
     return denoise
 
 
-def _check_request(fps: float, length: str, steps: int, flow_shift: float, cfg: float) -> None:
-    whisper_stride(fps)  # 25 or 12.5 only
+def _check_request(length: str, steps: int, flow_shift: float, cfg: float) -> None:
     if length not in LENGTH_MODES:
         raise InvalidInputError(f"length must be one of {', '.join(repr(m) for m in LENGTH_MODES)} (got {length!r}).")
     flow_sigmas(steps, flow_shift)  # steps >= 1, shift > 0
@@ -108,8 +108,8 @@ def generate_avatar_video(
 ) -> AvatarVideo:
     """`image` IMAGE, `audio` AUDIO, optional `face_mask` MASK (replaces the detector); see the module docstring.
     `on_step(step, total, x0)` is called after every window of every step (tests use it; it may raise to cancel)."""
-    fps = float(fps)
-    _check_request(fps, length, steps, flow_shift, cfg)
+    fps = check_avatar_inputs(image_size, fps)  # the sampler node's own rule (avatar_validation)
+    _check_request(length, steps, flow_shift, cfg)
     if faces not in FACE_CHOICES:
         raise InvalidInputError(f"faces must be one of {', '.join(FACE_CHOICES)} (got {faces!r}).")
     reference = prepare_reference_image(image, image_size)
