@@ -384,10 +384,12 @@ def test_avatar_estimate_windows_offload_and_precision():
     known = routes.estimate_for(dict(_avatar_payload(), audio_seconds=12.0))
     assert (known["forwards"], known["seconds"]) == (150, pytest.approx(150 * 16.8))
     assert "whole audio: 12 s is 300 frames at 25 fps, 3 window(s) a step" in known["lines"]
+    # fp8 was measured with the whole pipeline at 704x896 only: a square 704 portrait is extrapolated from it
     fp8 = routes.estimate_for(_avatar_payload(loader=dict(precision="fp8_e4m3fn_fast")))
-    assert fp8["status"] == "no_measurement" and fp8["seconds"] is None
-    assert fp8["lines"] == ["No measurement for this GPU (NVIDIA H100 80GB HBM3) with Hunyuan Video Avatar 13b at "
-                            "precision fp8_e4m3fn_fast (measured: bf16)."]
+    assert fp8["status"] == "extrapolated" and 0 < fp8["seconds"] < 50 * 24.9
+    assert any("704x896" in line for line in fp8["lines"])
+    no_fp8_16 = routes.estimate_for(_avatar_payload(loader=dict(precision="fp16")))
+    assert no_fp8_16["status"] == "no_measurement" and "at precision fp16" in no_fp8_16["lines"][0]
     cpu = routes.estimate_for(_avatar_payload(gpu="cpu", image_size=700, fps="30"))
     assert cpu["status"] == "no_measurement" and "measured on: NVIDIA H100 80GB HBM3" in cpu["lines"][0]
     assert cpu["problems"] == [

@@ -57,8 +57,10 @@ def test_table_holds_the_h100_wan_measurements(rows):
     assert measured[("fp8_e4m3fn_fast", "regional", "720p")][0] < measured[("bf16", "off", "720p")][0]
     for row in rows:
         assert (row.raw["driver"], row.raw["torch"]) == ("580.159.04", "2.11.0+cu130")
-        # bench.py ran cuDNN attention; check_avatar_gpu.py set no backend (diffusers' default: torch SDPA)
-        assert row.attention == ("sdpa" if row.model_family == "avatar" else "cudnn")
+        # bench.py and check_avatar_pipeline_gpu.py ran cuDNN attention; check_avatar_gpu.py set no backend
+        # (diffusers' default: torch SDPA)
+        transformer_only_avatar = row.model_family == "avatar" and (row.width, row.height) == (704, 704)
+        assert row.attention == ("sdpa" if transformer_only_avatar else "cudnn")
     assert {(r.model_family, r.variant) for r in rows} == {("wan", "t2v-a14b"), ("wan", "ti2v-5b"), ("ltx", "2b"),
                                                            ("ltx", "13b"), ("avatar", "13b")}
 
@@ -66,13 +68,25 @@ def test_table_holds_the_h100_wan_measurements(rows):
 def test_table_holds_the_h100_avatar_measurement(rows):
     """scripts/check_avatar_gpu.py on the H100 (2026-11-22): 704 px, 129 frames, bf16, cond + uncond batched:
     16.8 s per step, 40.2 GiB resident, 17.2 GiB with block offload at the same speed."""
-    avatar = {r.offload: r for r in rows if r.model_family == "avatar"}
+    avatar = {r.offload: r for r in rows if r.model_family == "avatar" and (r.width, r.height) == (704, 704)}
     assert set(avatar) == {"none", "block"}
     for offload, peak in (("none", 40.2), ("block", 17.2)):
         row = avatar[offload]
         assert (row.gpu, row.precision, row.compile, row.width, row.height, row.frames, row.batch) == \
             (H100, "bf16", "off", 704, 704, 129, 2)
         assert (row.seconds_per_forward, row.peak_gib) == (16.8, peak)
+
+
+def test_table_holds_the_h100_avatar_pipeline_measurements(rows):
+    """scripts/check_avatar_pipeline_gpu.py on the H100 (2026-11-22): the whole pipeline at 704x896, 129 frames:
+    24.9 s per step in bf16 and in fp8_e4m3fn_fast, with text-encode and decode times; block offload 34.5 s."""
+    pipeline = {(r.precision, r.offload): r for r in rows if r.model_family == "avatar" and (r.width, r.height) == (704, 896)}
+    assert set(pipeline) == {("bf16", "none"), ("fp8_e4m3fn_fast", "none"), ("bf16", "block")}
+    for key, seconds, peak in ((("bf16", "none"), 24.9, 41.1), (("fp8_e4m3fn_fast", "none"), 24.9, 29.5),
+                               (("bf16", "block"), 34.5, 17.2)):
+        row = pipeline[key]
+        assert (row.gpu, row.frames, row.batch, row.seconds_per_forward, row.peak_gib) == (H100, 129, 2, seconds, peak)
+        assert 15 < row.raw["text_encode_s"] < 22 and 20 < row.raw["vae_decode_s"] < 21
 
 
 def test_peer_rows_are_not_estimated_from(raw_rows, rows):
