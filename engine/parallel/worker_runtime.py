@@ -130,6 +130,11 @@ class RankModels:
             self._load(files)
 
     def _load(self, files) -> None:
+        import pathlib
+
+        from ..errors import ModelFilesError
+        if not pathlib.Path(files.path).exists():  # before importing the model code: a quick, clear error
+            raise ModelFilesError(f"{files.label}: {files.path} does not exist (as seen by this worker).")
         from ..models import attention, compile as compile_options, precision
         from ..models.lora import WanLoraPatcher
         from ..models.wan_transformer import load_wan_transformer
