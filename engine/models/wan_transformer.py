@@ -140,3 +140,23 @@ def load_wan_transformer(path, layout: str, label: str | None = None) -> LoadedT
     checkpoint_io.load_into_meta_model(model, state_dict, source, f"{layout} Wan 2.2 {variant.display_name}")
     model.eval().requires_grad_(False)
     return LoadedTransformer(model=model, variant=variant, source=source, quantized=quantized)
+
+
+def probe_wan_transformer(path, label: str | None = None) -> tuple[WanVariant, int]:
+    """(variant, attention-head count) of a Wan transformer checkpoint from its shapes and configs only, without
+    reading its tensors: what a several-GPU run must check before it starts workers that load it."""
+    path = pathlib.Path(path)
+    source = label or str(path)
+    shapes = {wan_keys.strip_comfyui_prefix(k): v for k, v in checkpoint_io.read_shapes(path).items()}
+    if "patch_embedding.weight" not in shapes:
+        raise ModelFilesError(f"{source}: no 'patch_embedding.weight' tensor: this is not a Wan transformer.")
+    shape = shapes["patch_embedding.weight"]
+    variant = detect_wan_variant(shape, source, tiny_ok=True)
+    if shape[0] == variant.width:
+        return variant, int(variant.transformer_config_dict()["num_attention_heads"])
+    heads = _num_heads_hint(path)
+    if heads is None:
+        raise ModelFilesError(
+            f"{source}: a Wan transformer of non-standard width {shape[0]} needs its head count "
+            "(a config.json with 'num_heads' beside it).")
+    return variant, heads

@@ -52,6 +52,7 @@ STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_CHARS = 3000
 
 _request_ids = itertools.count(1)
+_embeds_keys = itertools.count(1)
 
 
 def _free_port() -> int:
@@ -112,8 +113,10 @@ class WorkerPool:
         self.processes: list[subprocess.Popen] = []
         self.connections: list = [None] * self.plan.world_size
         self.ready: dict[int, protocol.Ready] = {}
-        self.embeds_key: int | None = None  # the text embeddings the workers hold
+        self.embeds_key: int | None = None  # the text embeddings the workers hold ...
+        self._embeds_refs: tuple = ()       # ... and weak references to the tensors they came from
         self.closed = False
+        self.last_cancel: dict[int, int] = {}  # rank -> blocks run before the last cancelled forward stopped
         # the finalizer holds the lists, not the pool: it stops the workers when the pool is collected
         self._finalizer = weakref.finalize(self, _terminate, self.processes, self.connections, str(self.folder),
                                            self.pool_id)
@@ -187,6 +190,19 @@ class WorkerPool:
     def expert_info(self, name: str) -> protocol.ExpertInfo:
         return self.ready[0].experts[name]
 
+    def text_embeds(self, prompt: torch.Tensor, negative: torch.Tensor | None):
+        """(key, embeddings to send or None): a run passes the same tensor objects at every step, so the
+        workers get them once per run (a few MB each) and keep them under `key`."""
+        source = (prompt, negative)
+        if self._embeds_refs and all(ref() is tensor for ref, tensor in zip(self._embeds_refs, source)):
+            return self.embeds_key, None
+        self.embeds_key = next(_embeds_keys)
+        self._embeds_refs = tuple(weakref.ref(t) if t is not None else (lambda: None) for t in source)
+        embeds = {"cond": prompt.cpu()}
+        if negative is not None:
+            embeds["uncond"] = negative.cpu()
+        return self.embeds_key, embeds
+
     def notes(self) -> list[str]:
         return list(self.ready[0].notes) if self.ready else []
 
@@ -232,7 +248,9 @@ class WorkerPool:
                 try:
                     reply = protocol.receive(connection)
                 except (EOFError, OSError):
-                    self._fail(rank, f"closed its connection during {doing}", exit_code=self._exit_code_soon(rank))
+                    code = self._exit_code_soon(rank)
+                    self._fail(rank, f"{'exited' if code is not None else 'closed its connection'} during {doing}",
+                               exit_code=code)
                 if isinstance(reply, protocol.WorkerError):
                     self._fail(rank, f"failed during {doing}: {reply.message}", reply.traceback[-LOG_TAIL_CHARS:])
                 if getattr(reply, "request_id", None) != request_id:
@@ -270,6 +288,7 @@ class WorkerPool:
         interrupt_deadline = [0.0]
         replies = self._collect(message.request_id, "a forward", on_wait)
         if interrupt:
+            self.last_cancel = {r.rank: r.blocks_done for r in replies if isinstance(r, protocol.ForwardCancelled)}
             raise interrupt[0]
         if any(isinstance(reply, protocol.ForwardCancelled) for reply in replies):
             raise ParallelWorkerError("The workers cancelled a forward that was not cancelled here.")
