@@ -4,6 +4,8 @@ One `multiprocessing.connection` per worker, on 127.0.0.1 with a random authkey 
 handshake before anything is unpickled). Messages are pickled with the standard pickler and sent as bytes:
 `Connection.send` would use multiprocessing's pickler, for which torch registers shared-memory reductions
 that only work between processes multiprocessing started itself. Tensors travel as CPU tensors.
+The message classes travel by name, as plain fields: the pack's package is called differently in ComfyUI's
+process (its folder name) and in a worker (`reelsmith`), so pickled class paths would not resolve.
 
 Order of a pool's life: worker connects and sends `Hello`; main sends `Setup`; worker loads and answers
 `Ready` (or `WorkerError`); then any number of `Forward` -> `ForwardDone` / `ForwardCancelled` /
@@ -12,6 +14,7 @@ Order of a pool's life: worker connects and sends `Hello`; main sends `Setup`; w
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass, field
 
@@ -117,9 +120,36 @@ class Stop:
     pass
 
 
+_CLASSES = {cls.__name__: cls for cls in (
+    ParallelPlan, ExpertFiles, WorkerSpec, Hello, ExpertInfo, Ready, ForwardDone, ForwardCancelled, WorkerError,
+    Setup, Forward, Cancel, Stop)}
+_TAG = "__reelsmith_message__"
+
+
+def _to_plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return (_TAG, type(value).__name__, fields)
+    if isinstance(value, dict):
+        return {key: _to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_plain(item) for item in value)
+    return value
+
+
+def _from_plain(value):
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == _TAG:
+        return _CLASSES[value[1]](**{key: _from_plain(item) for key, item in value[2].items()})
+    if isinstance(value, dict):
+        return {key: _from_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_from_plain(item) for item in value)
+    return value
+
+
 def send(connection, message) -> None:
-    connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    connection.send_bytes(pickle.dumps(_to_plain(message), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def receive(connection):
-    return pickle.loads(connection.recv_bytes())
+    return _from_plain(pickle.loads(connection.recv_bytes()))
