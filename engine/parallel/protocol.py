@@ -71,6 +71,7 @@ class ForwardDone:
     request_id: int
     rank: int
     outputs: dict[str, torch.Tensor]  # branch -> velocity (CPU, model dtype); filled by group leaders only
+    seconds: float = 0.0              # the forward itself on this rank (benchmarks: protocol overhead)
 
 
 @dataclass

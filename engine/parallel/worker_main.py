@@ -113,10 +113,13 @@ def main(argv=None) -> int:
         try:
             models.set_embeds(message.embeds_key, message.embeds)
             models.set_loras(message.expert, message.loras)
+            started = time.perf_counter()
             outputs = models.forward(message.expert, message.hidden_states, message.timestep, message.branches,
                                      cancel, message.hold_before_block)
+            models.synchronize()
+            seconds = time.perf_counter() - started
             reply = protocol.ForwardDone(request_id, args.rank,
-                                         {k: v.cpu() for k, v in outputs.items()} if leader else {})
+                                         {k: v.cpu() for k, v in outputs.items()} if leader else {}, seconds)
         except ForwardCancelled as cancelled:
             reply = protocol.ForwardCancelled(request_id, args.rank, cancelled.blocks_done)
         except Exception as error:  # noqa: BLE001 - reported; the parent tears the pool down

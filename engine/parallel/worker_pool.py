@@ -117,6 +117,7 @@ class WorkerPool:
         self._embeds_refs: tuple = ()       # ... and weak references to the tensors they came from
         self.closed = False
         self.last_cancel: dict[int, int] = {}  # rank -> blocks run before the last cancelled forward stopped
+        self.last_forward_seconds = 0.0          # the slowest rank's own forward time, last request
         # the finalizer holds the lists, not the pool: it stops the workers when the pool is collected
         self._finalizer = weakref.finalize(self, _terminate, self.processes, self.connections, str(self.folder),
                                            self.pool_id)
@@ -295,6 +296,7 @@ class WorkerPool:
         outputs: dict[str, torch.Tensor] = {}
         for reply in replies:
             outputs.update(reply.outputs)
+        self.last_forward_seconds = max(reply.seconds for reply in replies)
         return outputs
 
     # ------------------------------------------------------------ stop

@@ -163,6 +163,10 @@ class RankModels:
             return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
         return str(self.device)
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # ------------------------------------------------------------ forwards
 
     def _before_block(self, index: int) -> None:
