@@ -30,3 +30,7 @@ class BackendUnavailableError(ReelsmithError, RuntimeError):
 
 class CancelledError(ReelsmithError):
     """The user cancelled the run (ComfyUI's Cancel button or an interrupt)."""
+
+
+class ParallelWorkerError(ReelsmithError, RuntimeError):
+    """A GPU worker of a several-GPU run exited, crashed or failed; the message names its rank and log tail."""

@@ -50,6 +50,35 @@ def free_memory(bytes_needed: int, device: torch.device) -> None:
         mm.free_memory(bytes_needed, device)
 
 
+def on_unload_all_models(name: str, callback: Callable[[], None]) -> None:
+    """Call `callback` whenever ComfyUI unloads all models ("Unload Models", POST /free with unload_models):
+    for memory ComfyUI's model management cannot see, such as the GPU workers of a several-GPU run.
+
+    ComfyUI 0.8 has no hook for this, so `comfy.model_management.unload_all_models` is wrapped once; the
+    callbacks live on the wrapper, keyed by `name`, so a re-imported pack replaces its callback instead of
+    adding a second one."""
+    if not comfyui_available():
+        return
+    import comfy.model_management as mm
+    wrapper = mm.unload_all_models
+    callbacks = getattr(wrapper, "reelsmith_callbacks", None)
+    if callbacks is None:
+        original = wrapper
+
+        def unload_all_models(*args, **kwargs):
+            result = original(*args, **kwargs)
+            for key, hook in list(unload_all_models.reelsmith_callbacks.items()):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - one failing hook must not break ComfyUI's unload
+                    log.exception("Reelsmith: unload hook %s failed", key)
+            return result
+
+        unload_all_models.reelsmith_callbacks = callbacks = {}
+        mm.unload_all_models = unload_all_models
+    callbacks[name] = callback
+
+
 def soft_empty_cache() -> None:
     if comfyui_available():
         import comfy.model_management as mm

@@ -13,6 +13,7 @@ from ..engine.models.wan_model import OFFLOAD_MODES, WanLoadOptions, load_wan_mo
 from ..engine.pipelines.schedulers import SCHEDULERS
 from ..engine.pipelines.wan_generate import IMAGE_FITS, generate_wan_video
 from ..engine.models.wan_variants import WAN_VARIANTS
+from ..engine.parallel.parallel_plan import GPU_CHOICES, PARALLEL_MODES
 from ..engine.pipelines.wan_validation import FRAME_STRIDE, wan_size_errors
 
 CATEGORY = "Reelsmith/Wan 2.2"
@@ -86,7 +87,20 @@ class ReelsmithWanModelLoader:
                     "default": "none",
                     "tooltip": "none: everything stays on the GPU. model: one expert on the GPU at a time. "
                                "block: stream transformer blocks from CPU memory (slowest, least VRAM)."}),
-            }
+            },
+            "optional": {
+                "gpus": (list(GPU_CHOICES), {
+                    "default": "1",
+                    "tooltip": "GPUs that share each denoising step of one clip. Above 1, worker processes (one "
+                               "per GPU, each holding the model) are started and kept warm between prompts; "
+                               "offload must be 'none'. 'all' uses every visible GPU (they must be the same "
+                               "model)."}),
+                "parallel": (list(PARALLEL_MODES), {
+                    "default": "sequence",
+                    "tooltip": "How several GPUs split a step. sequence: each GPU takes a slice of the video "
+                               "(any CFG). cfg: 2 GPUs, one runs the prompt pass and one the negative pass "
+                               "(needs CFG above 1). sequence+cfg: both, for 4 or 8 GPUs."}),
+            },
         }
 
     @staticmethod
@@ -112,9 +126,10 @@ class ReelsmithWanModelLoader:
         return files
 
     def load(self, model, diffusion_model, diffusion_model_low_noise, text_encoder, vae,
-             precision, attention, compile, offload):
+             precision, attention, compile, offload, gpus="1", parallel="sequence"):
         files = self.resolve_files(model, diffusion_model, diffusion_model_low_noise, text_encoder, vae)
-        options = WanLoadOptions(precision=precision, attention=attention, compile=compile, offload=offload)
+        options = WanLoadOptions(precision=precision, attention=attention, compile=compile, offload=offload,
+                                 gpus=str(gpus), parallel=parallel)
         return (load_wan_model(files, options),)
 
 

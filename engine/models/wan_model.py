@@ -15,12 +15,15 @@ import torch
 
 from .. import host
 from ..errors import InvalidInputError, ModelFilesError
+# (importing the pool also stops GPU workers that an earlier import of the pack left in this process)
+from ..parallel.parallel_plan import make_parallel_plan
+from ..parallel.parallel_wan import load_parallel_experts
 from . import attention, compile as compile_options, offload, precision
 from .offload_rules import OffloadRules
 from .lora import LoraStackEntry, WanLoraPatcher, entries_for_expert, load_wan_lora_cached
 from .umt5_encoder import UMT5TextEncoder, load_umt5_encoder
 from .wan_layouts import WanModelFiles
-from .wan_transformer import LoadedTransformer, load_wan_transformer
+from .wan_transformer import LoadedTransformer, load_wan_transformer_at_precision
 from .wan_vae import load_wan_vae
 from .wan_variants import WanVariant
 
@@ -36,6 +39,8 @@ class WanLoadOptions:
     attention: str = "auto"
     compile: str = "off"
     offload: str = "none"
+    gpus: str = "1"               # "1", "2", "4", "8" or "all": more than one runs the experts in GPU workers
+    parallel: str = "sequence"    # how several GPUs split a step (engine/parallel/parallel_plan.py)
 
 
 @dataclass
@@ -62,6 +67,7 @@ class WanModel(OffloadRules):
     # With offload "none" the VAE and text encoder are registered with ComfyUI too, so it can evict them.
     vae_resident: host.ResidentModel | None = None
     text_resident: host.ResidentModel | None = None
+    parallel_plan: object | None = None  # ParallelPlan when the experts live in GPU workers (gpus > 1)
     _text_cache: dict = field(default_factory=dict)
 
     def with_loras(self, entries) -> "WanModel":
@@ -71,9 +77,10 @@ class WanModel(OffloadRules):
 
     def describe(self) -> str:
         experts = "high-noise + low-noise experts" if self.low is not None else "one transformer"
-        return (f"{self.variant.display_name} ({experts}) from '{self.files.label}' [{self.files.layout}]; "
+        text = (f"{self.variant.display_name} ({experts}) from '{self.files.label}' [{self.files.layout}]; "
                 f"precision {self.options.precision}, attention {self.options.attention}, "
                 f"compile {self.options.compile}, offload {self.options.offload}")
+        return text + (f"; {self.parallel_plan.describe()}" if self.parallel_plan is not None else "")
 
     # ------------------------------------------------------------ text
 
@@ -108,8 +115,11 @@ class WanModel(OffloadRules):
     def prepare_for_sampling(self) -> None:
         """Apply this handle's LoRAs to the shared modules and make the experts resident (offload none)."""
         for expert in self.experts():
-            wanted = [(load_wan_lora_cached(path), strength)
-                      for path, strength in entries_for_expert(self.loras, expert.name)]
+            entries = entries_for_expert(self.loras, expert.name)
+            if self.parallel_plan is not None:
+                expert.model.set_loras(entries)  # the workers patch their own copies
+                continue
+            wanted = [(load_wan_lora_cached(path), strength) for path, strength in entries]
             expert.lora_patcher.set_loras(expert.model, wanted)
         if self.options.offload == "none":
             residents = [e.resident for e in self.experts()] + [self.vae_resident]
@@ -120,11 +130,10 @@ class WanModel(OffloadRules):
 
 def _load_expert(path, name: str, files: WanModelFiles, options: WanLoadOptions,
                  device: torch.device, notes: list[str]) -> tuple[LoadedTransformer, WanExpert]:
-    loaded = load_wan_transformer(path, files.layout, label=f"{files.label} ({name}) {path}",
-                                  keep_fp8_as=precision.fp8_storage_dtype(options.precision))
+    loaded, precision_notes = load_wan_transformer_at_precision(path, files.layout, f"{files.label} ({name}) {path}",
+                                                                options.precision, device)
+    notes += precision_notes
     model = loaded.model
-    notes += precision.apply_precision(model, options.precision, device, quantized=loaded.quantized or None)
-    loaded.fill_placeholders()
     backend = attention.resolve_attention_backend(options.attention, device)
     attention.apply_attention_backend(model, backend)
     if options.offload != "none":
@@ -147,10 +156,8 @@ def check_options(options: WanLoadOptions, device: torch.device) -> None:
     attention.resolve_attention_backend(options.attention, device)
 
 
-def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.device | None = None) -> WanModel:
-    device = device or host.torch_device()
-    check_options(options, device)
-    notes: list[str] = []
+def _load_local_experts(files: WanModelFiles, options: WanLoadOptions, device: torch.device, notes: list[str]):
+    """(variant, high, low) loaded in this process (one GPU)."""
     high_loaded, high = _load_expert(files.transformer, "high", files, options, device, notes)
     variant = high_loaded.variant
     low = None
@@ -172,6 +179,29 @@ def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.
             f"{variant.display_name} has a single transformer; '{files.transformer_2}' was given as a low-noise "
             "expert. Set diffusion_model_low_noise to 'none'."
         )
+    return variant, high, low
+
+
+def _parallel_experts(files: WanModelFiles, options: WanLoadOptions, plan, notes: list[str]):
+    """(variant, high, low) held by GPU workers, one per GPU; stand-ins here."""
+    variant, high, low = load_parallel_experts(files, options, plan, notes)
+
+    def expert(name, model):
+        return WanExpert(name=name, model=model, resident=None, lora_patcher=WanLoraPatcher())
+    return variant, expert("high", high), expert("low", low) if low is not None else None
+
+
+def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.device | None = None) -> WanModel:
+    """Load a Wan 2.2 model with `options`; with gpus > 1 the experts are loaded by GPU workers (the text
+    encoder and VAE stay here)."""
+    device = device or host.torch_device()
+    check_options(options, device)
+    plan = make_parallel_plan(options.gpus, options.parallel, offload=options.offload, attention=options.attention)
+    notes: list[str] = []
+    if plan is None:
+        variant, high, low = _load_local_experts(files, options, device, notes)
+    else:
+        variant, high, low = _parallel_experts(files, options, plan, notes)
     vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     vae, vae_version = load_wan_vae(files.vae, files.vae_format, dtype=vae_dtype)
     if vae_version != variant.vae_version:
@@ -193,6 +223,6 @@ def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.
         log.info("Reelsmith: %s", note)
     resident = options.offload == "none"
     return WanModel(files=files, variant=variant, options=options, device=device, high=high, low=low,
-                    vae=vae, vae_version=vae_version, text_encoder=text_encoder, notes=notes,
+                    vae=vae, vae_version=vae_version, text_encoder=text_encoder, notes=notes, parallel_plan=plan,
                     vae_resident=host.ResidentModel(vae, device) if resident else None,
                     text_resident=host.ResidentModel(text_encoder.model, device) if resident and text_encoder else None)

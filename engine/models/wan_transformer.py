@@ -167,3 +167,35 @@ def load_wan_transformer(path, layout: str, label: str | None = None,
     model.eval().requires_grad_(False)
     return LoadedTransformer(model=model, variant=variant, source=source, quantized=quantized,
                              placeholders=placeholders)
+
+
+def probe_wan_transformer(path, label: str | None = None) -> tuple[WanVariant, int]:
+    """(variant, attention-head count) of a Wan transformer checkpoint from its shapes and configs only, without
+    reading its tensors: what a several-GPU run must check before it starts workers that load it."""
+    path = pathlib.Path(path)
+    source = label or str(path)
+    shapes = {wan_keys.strip_comfyui_prefix(k): v for k, v in checkpoint_io.read_shapes(path).items()}
+    if "patch_embedding.weight" not in shapes:
+        raise ModelFilesError(f"{source}: no 'patch_embedding.weight' tensor: this is not a Wan transformer.")
+    shape = shapes["patch_embedding.weight"]
+    variant = detect_wan_variant(shape, source, tiny_ok=True)
+    if shape[0] == variant.width:
+        return variant, int(variant.transformer_config_dict()["num_attention_heads"])
+    heads = _num_heads_hint(path)
+    if heads is None:
+        raise ModelFilesError(
+            f"{source}: a Wan transformer of non-standard width {shape[0]} needs its head count "
+            "(a config.json with 'num_heads' beside it).")
+    return variant, heads
+
+
+def load_wan_transformer_at_precision(path, layout: str, label: str, precision_name: str,
+                                      device: torch.device) -> tuple[LoadedTransformer, list[str]]:
+    """`load_wan_transformer` with the loader's precision applied (fp8_scaled weights used as stored, no float
+    copy): what both the one-GPU loader and each several-GPU worker do. -> (loaded, notes for the user)."""
+    from . import precision
+
+    loaded = load_wan_transformer(path, layout, label=label, keep_fp8_as=precision.fp8_storage_dtype(precision_name))
+    notes = precision.apply_precision(loaded.model, precision_name, device, quantized=loaded.quantized or None)
+    loaded.fill_placeholders()
+    return loaded, notes

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .. import host
 from ..errors import InvalidInputError, OutOfMemoryError
+from ..parallel.parallel_plan import check_request_split
 from .wan_sampler import WanSampleRequest, decode_wan_latents, sample_wan
 from .wan_validation import check_wan_size
 
@@ -102,6 +103,8 @@ def generate_wan_video(
         raise InvalidInputError("TI2V-5B takes a start image only; disconnect end_image or use Wan 2.2 I2V A14B.")
 
     use_cfg = cfg_high != 1.0 or (model.low is not None and cfg_low != 1.0)
+    check_request_split(getattr(model, "parallel_plan", None), width=width, height=height, frames=frames,
+                        size_multiple=variant.size_multiple, uses_cfg=use_cfg)
     if positive_embeds is None:
         positive_embeds, encoded_negative = model.encode_text(prompt, negative_prompt if use_cfg else None)
         if negative_embeds is None:

@@ -71,10 +71,37 @@ def latent_stats(vae, device, dtype=torch.float32):
     return mean, std
 
 
-def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+def compute_dtype(model) -> torch.dtype:
     """The dtype activations enter the transformer in: the patch embedding's, which every precision keeps
-    in bf16/fp16 (fp8 applies to block Linears; some tables stay float32 on purpose)."""
-    return model.patch_embedding.weight.dtype
+    in bf16/fp16 (fp8 applies to block Linears; some tables stay float32 on purpose). A stand-in for a model
+    held elsewhere (the several-GPU proxy) says it as `activation_dtype`."""
+    dtype = getattr(model, "activation_dtype", None)
+    return dtype if dtype is not None else model.patch_embedding.weight.dtype
+
+
+def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
+    return uncond + cfg * (cond - uncond)
+
+
+def guided_velocity(model, *, hidden_states: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor,
+                    negative: torch.Tensor | None, cfg: float) -> torch.Tensor:
+    """The classifier-free-guided velocity of one step, float32 on `hidden_states`' device.
+
+    The one seam between the loop and the transformer: a local model runs the conditional then the
+    unconditional pass; a model with its own `guided_velocity` (the several-GPU proxy, which may run the two
+    passes on different GPUs) is handed the whole step. `prompt`/`negative` are the run's padded embeddings
+    (the same tensor objects on every step, so a proxy sends them once)."""
+    own = getattr(model, "guided_velocity", None)
+    if own is not None:
+        return own(hidden_states=hidden_states, timestep=timestep, prompt=prompt, negative=negative, cfg=cfg)
+    dtype = hidden_states.dtype
+    cond = model(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=prompt.to(dtype),
+                 return_dict=False)[0].float()
+    if cfg == 1.0 or negative is None:
+        return cond
+    uncond = model(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=negative.to(dtype),
+                   return_dict=False)[0].float()
+    return combine_guidance(cond, uncond, cfg)
 
 
 def _image_to_vae_input(image: torch.Tensor) -> torch.Tensor:
@@ -182,14 +209,8 @@ def sample_wan(
         else:
             model_input = latents_in if condition is None else torch.cat([latents_in, condition], dim=1)
             timestep = t.expand(1)
-        model_input = model_input.to(dtype)
-        cond = model(hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt.to(dtype),
-                     return_dict=False)[0].float()
-        if cfg == 1.0 or negative is None:
-            return cond
-        uncond = model(hidden_states=model_input, timestep=timestep, encoder_hidden_states=negative.to(dtype),
-                       return_dict=False)[0].float()
-        return uncond + cfg * (cond - uncond)
+        return guided_velocity(model, hidden_states=model_input.to(dtype), timestep=timestep, prompt=prompt,
+                               negative=negative, cfg=cfg)
 
     total = len(timesteps)
     sigmas = scheduler.sigmas
