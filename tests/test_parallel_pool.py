@@ -7,6 +7,7 @@ import importlib.util
 import multiprocessing
 import subprocess
 import sys
+import time
 import textwrap
 from multiprocessing.connection import Client, Listener
 
@@ -144,6 +145,10 @@ def test_reimported_pack_stops_the_previous_instances_workers(cpu_switch):
     reloaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reloaded)
     assert wait_gone(pids) == []
+    # (a process /proc already shows as a zombie may not be waitable for a moment yet)
+    deadline = time.monotonic() + 10
+    while pool.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not pool.alive()
     # the old module's next request starts fresh workers instead of using dead ones
     fresh = worker_pool.pool_for(empty_spec())
