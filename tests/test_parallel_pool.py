@@ -118,6 +118,7 @@ CHILD = textwrap.dedent("""
     print(" ".join(map(str, pool.pids)), flush=True)
     if sys.argv[1] == "hang":
         time.sleep(600)
+    sys.stdin.readline()  # 'exit': ends when the test has seen the workers running
 """)
 
 
@@ -127,11 +128,14 @@ def test_no_worker_outlives_its_parent(cpu_switch, tmp_path, ending):
     atexit) and the workers notice through PR_SET_PDEATHSIG / their closed connection."""
     script = tmp_path / "parent.py"
     script.write_text(CHILD.format(tests=str(PACK_ROOT / "tests"), pack=str(PACK_ROOT)))
-    parent = subprocess.Popen([sys.executable, str(script), ending], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script), ending], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
     pids = [int(p) for p in parent.stdout.readline().split()]
     assert len(pids) == 2 and all(running(pid) for pid in pids)
     if ending == "hang":
         parent.kill()
+    else:
+        parent.stdin.close()  # the parent returns from readline and exits normally
     assert parent.wait(60) is not None
     assert wait_gone(pids) == []
 
