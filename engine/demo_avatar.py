@@ -22,6 +22,7 @@ import json
 import math
 import pathlib
 import warnings
+import wave
 from typing import List
 
 import numpy as np
@@ -328,3 +329,15 @@ def demo_speech(seconds: float = 0.5, sample_rate: int = 44100, channels: int = 
     syllables = 0.55 + 0.45 * np.sin(2 * math.pi * 4.0 * t)
     mono = (0.25 * voice * syllables).astype(np.float32)
     return np.stack([mono * (1.0 - 0.1 * c) for c in range(channels)])
+
+
+def write_speech_wav(path, seconds: float, sample_rate: int = 44100) -> pathlib.Path:
+    """`demo_speech` (stereo) as a 16-bit PCM WAV file, which ComfyUI's LoadAudio reads."""
+    samples = demo_speech(seconds, sample_rate)
+    pcm = (np.clip(samples, -1, 1).T * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(samples.shape[0])
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(pcm.tobytes())
+    return pathlib.Path(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-import wave
 
 import pytest
 from browser_setup import CHROMIUM_ARGS, browser_skip_reason, chromium_path
@@ -49,29 +48,17 @@ AVATAR_SPEECH_SECONDS = 0.45  # 11 frames at 25 fps: one short window on the dem
 AVATAR_SPEECH_RATE = 44100
 
 
-def write_wav(path: pathlib.Path, samples, rate: int) -> None:
-    """[channels, samples] float in -1..1 -> 16-bit PCM WAV (what ComfyUI's LoadAudio reads with PyAV)."""
-    import numpy as np
-    pcm = (np.clip(samples, -1, 1).T * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(samples.shape[0])
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
-
-
 @pytest.fixture(scope="session")
 def editor_server(browser, comfyui_server):
     from PIL import Image
 
-    from reelsmith.engine.demo_avatar import demo_portrait, demo_speech
+    from reelsmith.engine.demo_avatar import demo_portrait, write_speech_wav
     # the image-to-video workflows load ComfyUI's stock example.png from the (scratch) input folder
     Image.new("RGB", (96, 64), (200, 120, 40)).save(comfyui_server.input_dir / "example.png")
     # the avatar workflow's portrait and speech (as tests/e2e/test_avatar_workflow.py sets them up; the server gets
     # the torchaudio stand-in its LoadAudio needs from the end-to-end fixture)
     demo_portrait(320, 384).save(comfyui_server.input_dir / "portrait.png")
-    write_wav(comfyui_server.input_dir / "speech.wav", demo_speech(AVATAR_SPEECH_SECONDS, AVATAR_SPEECH_RATE),
-              AVATAR_SPEECH_RATE)
+    write_speech_wav(comfyui_server.input_dir / "speech.wav", AVATAR_SPEECH_SECONDS, AVATAR_SPEECH_RATE)
     if "LoadAudio" not in comfyui_server.client.object_info(refresh=True):
         pytest.fail(f"ComfyUI's LoadAudio did not load (see {comfyui_server.log_path}); the avatar workflow needs it")
     return comfyui_server

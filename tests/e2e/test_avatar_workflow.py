@@ -6,15 +6,13 @@ run within a step; a picture without a face is refused with a pointer to the MAS
 from __future__ import annotations
 
 import pathlib
-import wave
 
 import av
-import numpy as np
 import pytest
 from PIL import Image
 
 import comfyui_client
-from reelsmith.engine.demo_avatar import demo_portrait, demo_speech
+from reelsmith.engine.demo_avatar import demo_portrait, write_speech_wav
 from test_wan_workflows import _demo_prompt
 
 pytestmark = pytest.mark.e2e
@@ -27,22 +25,12 @@ SPEECH_SECONDS = 0.45   # 11 frames at 25 fps (0.44 s): the audio is longer than
 AUDIO_RATE = 44100
 
 
-def _write_wav(path: pathlib.Path, samples: np.ndarray, rate: int) -> None:
-    """[channels, samples] float32 -> 16-bit PCM WAV."""
-    pcm = (np.clip(samples, -1, 1).T * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(samples.shape[0])
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
-
-
 @pytest.fixture(scope="module")
 def server(comfyui_server):
     """The workflow's inputs in the server's input folder: a portrait (320x384) and a stereo speech clip."""
     demo_portrait(320, 384).save(comfyui_server.input_dir / "portrait.png")
     Image.new("RGB", (320, 384), (128, 128, 128)).save(comfyui_server.input_dir / "flat.png")
-    _write_wav(comfyui_server.input_dir / "speech.wav", demo_speech(SPEECH_SECONDS, AUDIO_RATE), AUDIO_RATE)
+    write_speech_wav(comfyui_server.input_dir / "speech.wav", SPEECH_SECONDS, AUDIO_RATE)
     if "LoadAudio" not in comfyui_server.client.object_info(refresh=True):
         pytest.fail(f"ComfyUI's LoadAudio did not load (see {comfyui_server.log_path}); the avatar workflow needs it")
     return comfyui_server
