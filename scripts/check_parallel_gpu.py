@@ -243,23 +243,29 @@ def rank_phase(args) -> int:
                 reference = step_with(single)()
             measured = {"1gpu": {"seconds": timed(step_with(single)), "peak": peak_per_gpu()}}
             reference_sample = run_sample(single) if sampling else None
-            cfg_mode = modes[1]
-            if plans[cfg_mode].ulysses_degree > 1:  # sequence+cfg: the context-parallel model is needed
-                cfg_model = None
-            else:
-                cfg_model = RankGuidance(single, plans[cfg_mode], rank)
+
+            def measure(guided) -> dict:
+                """Equality with one GPU, step time, peak memory (and NCCL share, sample equality) of one mode."""
                 with torch.no_grad():
-                    measured[cfg_mode] = {"equal_step": compare(step_with(cfg_model)(), reference)}
+                    result = {"equal_step": compare(step_with(guided)(), reference)}
                 reset_peak()
-                measured[cfg_mode].update(seconds=timed(step_with(cfg_model)), peak=peak_per_gpu())
+                result.update(seconds=timed(step_with(guided)), peak=peak_per_gpu())
                 if profiling:
-                    measured[cfg_mode]["comm_share"] = comm_share(step_with(cfg_model))
+                    result["comm_share"] = comm_share(step_with(guided))
                 if sampling:
-                    measured[cfg_mode]["equal_sample"] = compare(run_sample(cfg_model), reference_sample)
-            del single, cfg_model
-            if cuda:
-                torch._dynamo.reset()
-                torch.cuda.empty_cache()
+                    result["equal_sample"] = compare(run_sample(guided), reference_sample)
+                return result
+
+            def release() -> None:
+                if cuda:
+                    torch._dynamo.reset()
+                    torch.cuda.empty_cache()
+
+            cfg_mode = modes[1]
+            if plans[cfg_mode].ulysses_degree == 1:  # sequence+cfg needs the context-parallel model (below)
+                measured[cfg_mode] = measure(RankGuidance(single, plans[cfg_mode], rank))
+            del single
+            release()
 
             # the sequence split (Ulysses through diffusers' context parallelism), and sequence+cfg
             for mode in modes:
@@ -268,19 +274,9 @@ def rank_phase(args) -> int:
                 parallel, _, _ = build(path)
                 enable_sequence_split(parallel, plans[mode], groups[mode].mesh)
                 compile_options.apply_compile(parallel, path[2])
-                guidance = RankGuidance(parallel, plans[mode], rank)
-                with torch.no_grad():
-                    measured[mode] = {"equal_step": compare(step_with(guidance)(), reference)}
-                reset_peak()
-                measured[mode].update(seconds=timed(step_with(guidance)), peak=peak_per_gpu())
-                if profiling:
-                    measured[mode]["comm_share"] = comm_share(step_with(guidance))
-                if sampling:
-                    measured[mode]["equal_sample"] = compare(run_sample(guidance), reference_sample)
-                del parallel, guidance
-                if cuda:
-                    torch._dynamo.reset()
-                    torch.cuda.empty_cache()
+                measured[mode] = measure(RankGuidance(parallel, plans[mode], rank))
+                del parallel
+                release()
 
             width, height = pixels(args, size)
             one = measured["1gpu"]["seconds"]
