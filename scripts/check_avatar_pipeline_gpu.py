@@ -77,30 +77,22 @@ def build_encoders(device):
 
 def build_model(precision: str, offload: str, attention_name: str, encoders, detector_path, device):
     """An AvatarModel as `load_avatar_model` returns it, with the options applied the way it applies them."""
-    import torch
     from diffusers import AutoencoderKLHunyuanVideo
 
     from bench_models import randomise_on_gpu
     from reelsmith.engine import host
-    from reelsmith.engine.models import attention, offload as offload_options, precision as precision_options
+    from check_avatar_gpu import build as build_transformer
+    from reelsmith.engine.models import attention
     from reelsmith.engine.models.avatar_encoders import avatar_encoder_files
     from reelsmith.engine.models.avatar_face_detector import FaceDetector
     from reelsmith.engine.models.avatar_layouts import AvatarModelFiles
     from reelsmith.engine.models.avatar_model import AvatarLoadOptions, AvatarModel
     from reelsmith.engine.models.checkpoint_io import empty_weights
-    from reelsmith.engine.models.hunyuan_avatar_checkpoint import AvatarTransformerFiles, shipped_config
-    from reelsmith.engine.models.hunyuan_avatar_transformer import HunyuanAvatarTransformer
+    from reelsmith.engine.models.hunyuan_avatar_checkpoint import AvatarTransformerFiles
     from reelsmith.engine.models.hunyuan_vae import shipped_vae_config
 
-    with empty_weights():
-        transformer = HunyuanAvatarTransformer(**{k: v for k, v in shipped_config().items() if not k.startswith("_")})
-    randomise_on_gpu(transformer, device)
-    notes = precision_options.apply_precision(transformer, precision, device)
+    transformer, notes = build_transformer(precision, offload, device)  # check_avatar_gpu.py's, the same options
     attention.apply_attention_backend(transformer, attention.resolve_attention_backend(attention_name, device))
-    if offload != "none":
-        transformer.to("cpu")
-        torch.cuda.empty_cache()
-        offload_options.apply_offload(transformer, offload, device)
     vae_config = {k: v for k, v in shipped_vae_config().items() if not k.startswith("_")}
     with empty_weights():
         vae = AutoencoderKLHunyuanVideo(**vae_config)
