@@ -119,7 +119,7 @@ def write_transformer_single_file(model, path: pathlib.Path, fp8_scaled: bool, c
         original = _quantize_fp8_scaled(original)
     prefix = "model.diffusion_model." if comfy_prefix else ""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({prefix + k: v for k, v in original.items()}, str(path))
+    save_file({prefix + k: v.cpu() for k, v in original.items()}, str(path))  # a GPU model is written from the GPU
     checkpoint_io.write_config_hint(path, _config_of(model))
 
 

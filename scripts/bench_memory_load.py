@@ -36,7 +36,6 @@ HIGH, LOW, VAE = ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2
 def write_files(folder: pathlib.Path, device) -> None:
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from safetensors.torch import save_file
 
     from bench_models import randomise_on_gpu
     from reelsmith.engine import demo_models
@@ -50,11 +49,9 @@ def write_files(folder: pathlib.Path, device) -> None:
         with empty_weights():
             model = WanTransformer3DModel(**config)
         randomise_on_gpu(model, device)
-        # quantized on the GPU (minutes on the CPU), then written as ComfyUI writes them
-        original = demo_models._quantize_fp8_scaled(demo_models.transformer_original_state_dict(model))
+        # quantized on the GPU (minutes on the CPU), written as ComfyUI writes them
+        demo_models.write_transformer_single_file(model, folder / name, fp8_scaled=True)
         del model
-        save_file({"model.diffusion_model." + k: v.cpu() for k, v in original.items()}, str(folder / name))
-        del original
         torch.cuda.empty_cache()
     if not (folder / VAE).is_file():
         vae = AutoencoderKLWan().eval()  # the Wan 2.1 VAE's architecture is diffusers' default config
