@@ -93,7 +93,8 @@ def timed(fn, repeats: int, warmup: int = 1) -> float:
 
 def layer_qkv(batch: int, tokens: int, heads: int, dim: int, device, seed: int = 0):
     """q, k, v [B, S, H, D] bf16 shaped like one layer's: RMS norm over all heads (Wan's qk_norm) times gains
-    of 1-3 per channel, K with a per-channel offset, V plain."""
+    of 1-3 per channel, K and V with per-channel offsets (a V offset grows the P.V accumulator with every key
+    block: what the FP8 MMA's short accumulation mishandles unless V is smoothed)."""
     import torch
     generator = torch.Generator(device=device).manual_seed(seed)
 
@@ -105,7 +106,8 @@ def layer_qkv(batch: int, tokens: int, heads: int, dim: int, device, seed: int =
         return (x * gains + offset).view(batch, tokens, heads, dim).to(torch.bfloat16)
 
     q, k = projected(0.0), projected(2.0)
-    v = torch.randn(batch, tokens, heads, dim, generator=generator, device=device).to(torch.bfloat16)
+    v = torch.randn(batch, tokens, heads, dim, generator=generator, device=device)
+    v = (v + torch.randn(heads, dim, generator=generator, device=device)).to(torch.bfloat16)
     return q, k, v
 
 

@@ -1,9 +1,10 @@
 """FP8/INT8 attention for Hopper in Triton: forward only, no mask, non-causal, head dims 64 and 128.
 
-The scheme (SageAttention-2 style; described in attention_fp8_reference.py, its PyTorch twin): K smoothed by
-its per-channel mean, Q and K quantised to INT8 (or FP8 e4m3) per group of tokens with fp32 scales, the
-softmax scale and log2(e) folded into Q's scales, online softmax in fp32 with exp2, P quantised to FP8 e4m3
-(times 448) and V to FP8 e4m3 with per-channel scales for the P.V product, accumulated in fp32.
+The scheme (SageAttention-2 style; described in attention_fp8_reference.py, its PyTorch twin): K and V
+smoothed by their per-channel means (V's added back to the output), Q and K quantised to INT8 (or FP8 e4m3)
+per group of tokens with fp32 scales, the softmax scale and log2(e) folded into Q's scales, online softmax
+in fp32 with exp2, P quantised to FP8 e4m3 (times 448) and V to FP8 e4m3 with per-channel scales for the
+P.V product, accumulated in fp32.
 
 Entry points:
 - `fp8_attention(q, k, v, layout)`: quantise (attention_fp8_quant.py) + attend; q, k, v as [B, S, H, D]
@@ -12,8 +13,8 @@ Entry points:
 - `fp8_attention_op`: the same as a torch custom op (`reelsmith::fp8_attention`), so torch.compile keeps a
   block that calls it in one graph.
 - `FP8_ATTENTION_CONFIGS`: named meta-parameter sets (BLOCK_M, BLOCK_N, warps, stages, how often the FP8
-  P.V accumulation is promoted to full fp32), `config="autotune"` lets Triton time the block-promoting ones
-  at the first call of each shape.
+  P.V accumulation is promoted to full fp32, TMA or pointer loads), `config="autotune"` lets Triton time the
+  pointer-load ones at the first call of each shape.
 
 Only the GPU can verify speed, compilation for sm_90 (wgmma with INT8 / FP8 operands) and the Hopper FP8
 accumulator's reduced precision; the math runs on CPU in Triton's interpreter (TRITON_INTERPRET=1, which
@@ -29,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ..errors import BackendUnavailableError, InvalidInputError
+from .attention_fp8_reference import K_GROUP, Q_GROUP
 from .attention_fp8_quant import (QuantisedQKV, add_combine, kernels_interpreted, logical_strides, max_combine,
                                   quantise_qkv, to_e4m3)
 
@@ -61,23 +63,36 @@ def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
 
 
 FP8_ATTENTION_CONFIGS = _configs(
-    (128, 64, 4, 3, None, "pointer"),
-    (128, 64, 8, 3, None, "pointer"),
-    (128, 64, 8, 4, None, "pointer"),
-    (128, 128, 8, 2, None, "pointer"),
-    (128, 128, 8, 3, None, "pointer"),
+    (64, 128, 4, 3, 0, "tma"),
+    (64, 128, 4, 3, None, "tma"),
     (64, 128, 4, 3, None, "pointer"),
+    (128, 64, 4, 3, 0, "tma"),
     (128, 64, 4, 3, None, "tma"),
-    (128, 64, 8, 3, None, "tma"),
-    (128, 128, 8, 3, None, "tma"),
-    (128, 128, 8, 3, 0, "pointer"),
+    (128, 64, 4, 3, None, "pointer"),
+    (128, 128, 8, 3, 0, "tma"),
+    (128, 128, 8, 3, None, "pointer"),
+    (64, 64, 4, 4, 0, "tma"),
+    (64, 64, 4, 3, None, "pointer"),
     (128, 64, 8, 3, 0, "pointer"),
 )
-# The fastest block-promoting configs of the sweep on an H100 (scripts/check_fp8_attention.py, INT8 Q.K,
-# 2026-11-22): D=128 m64n128w4s3 179.6 ms at Wan 720p (cuDNN bf16: 204.9 ms) and 3.84 ms at LTX 13B (cuDNN
-# 3.59 ms); D=64 m64n128w4s3 2.96 ms at LTX 2B (cuDNN 2.51 ms).
-DEFAULT_CONFIGS = {64: "m64n128w4s3", 128: "m64n128w4s3"}
+# The sweep on an H100 (scripts/check_fp8_attention.py, INT8 Q.K, K and V smoothed, 2026-11-22), per layer:
+# Wan 720p 142 ms (cuDNN bf16 204 ms), Wan 480p 27.1 ms (38.2), LTX 13B 3.03 ms (3.48), LTX 2B (head dim 64)
+# 2.41 ms (2.56). Two programs of 4 warps share a multiprocessor (106 KB of shared memory each): one's MMAs
+# run while the other computes its softmax. '-fastacc' (the P.V accumulation never promoted) is 8-10 % faster
+# than promoting every block and as accurate since V is smoothed: a whole A14B forward with random weights
+# gave cosine 0.99987 against cuDNN either way (without V smoothing, fastacc fell to 0.986).
+DEFAULT_CONFIGS = {64: "m64n128w4s3-fastacc-tma", 128: "m64n128w4s3-fastacc-tma"}
 CONFIG_CHOICES = ("default", "autotune", *FP8_ATTENTION_CONFIGS)
+
+
+# exp2 offset that puts P = exp2(score - row max + offset) in [0, 448], e4m3's full range, for the P.V product
+# (the factor 448 is in both acc and row_sum and cancels)
+LOG2_FP8_MAX = tl.constexpr(8.807354922057604)
+# INT8 Q.K products become floats by bit pattern: for |x| < 2**22 the bits of x + 0x4B400000 read as fp32 are
+# exactly 1.5 * 2**23 + x. One integer add replaces an int->float conversion, which Hopper runs at 16 per
+# clock per SM, as slowly as the exp2 itself (5 % of the kernel's time at Wan 720p, H100)
+INT_AS_FLOAT_BITS = tl.constexpr(0x4B400000)
+INT_AS_FLOAT_OFFSET = tl.constexpr(12582912.0)  # 1.5 * 2**23
 
 
 @triton.jit
@@ -85,29 +100,39 @@ def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_bas
                   offs_n, offs_d, D: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                   PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr,
                   MASK_TAIL: tl.constexpr):
-    cols = start_n + offs_n
     # K [BLOCK_N, D] with D contiguous (K-major for Q.K^T); V^T [D, BLOCK_N] with tokens contiguous (K-major
     # for P.V: Hopper's FP8 MMA wants both operands K-major)
     if USE_TMA:
         k = k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
         v = v_src.load([(bh * D).to(tl.int32), start_n])
     else:
+        cols = start_n + offs_n
         k = tl.load(k_src + bh * S_pad * D + cols[:, None] * D + offs_d[None, :])
         v = tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + cols[None, :])
-    k_scales = tl.load(k_scales_base + cols // K_GROUP)
+    # one K scale for the whole block (K_GROUP is a multiple of BLOCK_N): with Q's per-row scale it makes one
+    # factor per row, so each score costs a single multiply-add before its exp2
+    row_factor = q_scales * tl.load(k_scales_base + start_n // K_GROUP)
     if QK_INT8:
-        qk = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
+        qk_int = tl.dot(q, tl.trans(k), out_dtype=tl.int32)  # |qk_int| <= 127 * 127 * 128 < 2**22
+        qk = (qk_int + INT_AS_FLOAT_BITS).to(tl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + qk_int
+        offset = INT_AS_FLOAT_OFFSET
     else:
         qk = tl.dot(q, tl.trans(k))
-    t = qk * k_scales[None, :]  # score / q_scale, in base-2 units
+        offset = 0.0
     if MASK_TAIL:
-        t = tl.where((cols < S)[None, :], t, float("-inf"))
-    new_max = tl.maximum(row_max, tl.reduce(t, 1, max_combine) * q_scales)  # q_scales > 0
+        qk = tl.where(((start_n + offs_n) < S)[None, :], qk, float("-inf"))
+    new_max = tl.maximum(row_max, (tl.reduce(qk, 1, max_combine) - offset) * row_factor)  # row_factor > 0
     alpha = tl.math.exp2(row_max - new_max)
-    p = tl.math.exp2(t * q_scales[:, None] - new_max[:, None])
+    # exp2(score - new_max + LOG2_FP8_MAX) with score = (qk - offset) * row_factor: one FMA per score. Triton's
+    # CPU interpreter (ROUND_FIRST) has no FMA and would round the product at the offset's magnitude, 10 bits
+    # coarser: there the offset is subtracted first (exactly: both are integers below 2**24)
+    if ROUND_FIRST:
+        p = tl.math.exp2((qk - offset) * row_factor[:, None] - (new_max - LOG2_FP8_MAX)[:, None])
+    else:
+        p = tl.math.exp2(qk * row_factor[:, None] - (offset * row_factor + new_max - LOG2_FP8_MAX)[:, None])
     row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
     acc = acc * alpha[:, None]
-    p8 = to_e4m3(p * 448.0, ROUND_FIRST)
+    p8 = to_e4m3(p, ROUND_FIRST)
     if PV_PROMOTE > 0:
         acc = tl.dot(p8, tl.trans(v), acc, max_num_imprecise_acc=PV_PROMOTE)
     else:
@@ -116,7 +141,7 @@ def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_bas
 
 
 @triton.jit
-def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, out_ptr,
+def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
@@ -151,7 +176,8 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
                                               QK_INT8, PV_PROMOTE, ROUND_FIRST, USE_TMA, True)
 
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
-    out = acc * (v_scales / 448.0)[None, :] / row_sum[:, None]
+    v_means = tl.load(v_means_ptr + bh * D + offs_d)
+    out = acc * v_scales[None, :] / row_sum[:, None] + v_means[None, :]  # P's 448 is in acc and row_sum
     b = bh // H
     h = bh % H
     out_ptrs = out_ptr + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :] * sod
@@ -159,17 +185,17 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
 
 
 _autotuned_kernel = None
+_AUTOTUNE_KEY_BLOCK = 128  # the largest BLOCK_N among the autotuned configs
 
 
 def _autotuned():
-    """The kernel wrapped in triton.autotune over the named pointer-load configs that promote the P.V
-    accumulation every key block (the '-fastacc' ones are less accurate: autotuning must not trade accuracy
-    for speed unasked; the '-tma' ones need descriptors built for their block shapes). Built on first use."""
+    """The kernel wrapped in triton.autotune over the named pointer-load configs (the '-tma' ones need
+    descriptors built for their block shapes). Built on first use."""
     global _autotuned_kernel
     if _autotuned_kernel is None:
         configs = [triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "PV_PROMOTE": c.pv_promote},
                                  num_warps=c.num_warps, num_stages=c.num_stages)
-                   for c in FP8_ATTENTION_CONFIGS.values() if c.pv_promote == c.block_n and c.loads == "pointer"]
+                   for c in FP8_ATTENTION_CONFIGS.values() if c.loads == "pointer"]
         _autotuned_kernel = triton.autotune(configs=configs, key=["S", "D", "QK_INT8"])(_fp8_attention_kernel)
     return _autotuned_kernel
 
@@ -203,11 +229,16 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
     """Run the attention kernel on quantised inputs, writing into `out` (the input's shape and layout)."""
     dim = qkv.q.shape[-1]
     chosen = resolve_config(config, dim)
+    key_block = _AUTOTUNE_KEY_BLOCK if chosen == "autotune" else chosen.block_n
+    if qkv.k_group % key_block:
+        raise InvalidInputError(
+            f"FP8 attention k_group {qkv.k_group} must be a multiple of the config's key block ({key_block} "
+            f"tokens): each key block takes one K scale. Use k_group={K_GROUP}.")
     strides = logical_strides(out, layout)
     sources = (qkv.q, qkv.k, qkv.v_t)
     if chosen != "autotune" and chosen.loads == "tma":
         sources = _descriptors(qkv, chosen)
-    arguments = (*sources, qkv.q_scales, qkv.k_scales, qkv.v_scales, out, qkv.tokens, qkv.padded, qkv.heads,
+    arguments = (*sources, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
                  *strides)
     constants = dict(D=dim, Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, QK_INT8=qkv.qk_dtype == "int8",
                      ROUND_FIRST=kernels_interpreted())
@@ -237,8 +268,8 @@ def _check_device(q: torch.Tensor) -> None:
 
 
 def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bshd", *,
-                  config: str | Fp8AttentionConfig = "default", qk_dtype: str = "int8", q_group: int = 32,
-                  k_group: int = 64, sm_scale: float | None = None) -> torch.Tensor:
+                  config: str | Fp8AttentionConfig = "default", qk_dtype: str = "int8", q_group: int = Q_GROUP,
+                  k_group: int = K_GROUP, sm_scale: float | None = None) -> torch.Tensor:
     """Self-attention of q, k, v (one shape; 'bshd' = [B, S, H, D], 'bhsd' = [B, H, S, D]; no mask,
     non-causal) through the quantised kernel. Returns a new tensor in the input's layout and dtype."""
     _check_device(q)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailableError, InvalidInputError
-from .attention_fp8_reference import HEAD_DIMS, QK_DTYPES, fp8_attention_reference
+from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8_attention_reference
 
 IMPLEMENTATIONS = ("triton", "reference")
 
@@ -54,7 +54,7 @@ class _Fp8SelfAttention:
         """[B, S, H, D] in, [B, S, H, D] out."""
         if self._op is None:
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
-        return self._op(query, key, value, "bshd", self.config, self.qk_dtype, 32, 64)
+        return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
 
 
 def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:

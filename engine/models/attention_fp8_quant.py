@@ -2,11 +2,11 @@
 attention_fp8_reference.py, which is its PyTorch twin).
 
 Two passes over the inputs, both memory-bound:
-1. `_k_sums_v_absmax_kernel`: per chunk of tokens, K's column sums (written per chunk, then summed by one
-   small torch reduction, so the mean is deterministic) and V's per-channel absolute maximum (atomic max,
-   which is order-independent).
-2. `_quantise_qkv_kernel`: Q and smoothed K to INT8 / FP8 with one scale per token group, V to FP8 with its
-   per-channel scale, written to padded head-major buffers the attention kernel reads without masks:
+1. `_column_stats_kernel`: per chunk of tokens, K's and V's column sums (written per chunk, then summed by
+   one small torch reduction, so the means are deterministic) and V's per-channel maximum and minimum (atomic,
+   which is order-independent): V's scale covers V minus its mean.
+2. `_quantise_qkv_kernel`: Q and smoothed K to INT8 / FP8 with one scale per token group, smoothed V to FP8
+   with its per-channel scale, written to padded head-major buffers the attention kernel reads without masks:
    Q and K as [B*H, S_pad, D], V transposed as [B*H, D, S_pad] (the P.V product on Hopper wants V's
    token axis contiguous), padding rows zero.
 """
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fp8_reference import FP8_MAX, INT8_MAX, LOG2E, check_inputs
+from .attention_fp8_reference import FP8_MAX, INT8_MAX, K_GROUP, LOG2E, Q_GROUP, check_inputs
 
 CHUNK = 128  # tokens per program of both passes; also the padding unit of the buffers
 PAD = 256  # token padding of the buffers: a multiple of every BLOCK_M / BLOCK_N a config may use
@@ -36,6 +36,7 @@ class QuantisedQKV:
     q_scales: torch.Tensor  # [B*H, S_pad // q_group]
     k_scales: torch.Tensor  # [B*H, S_pad // k_group]
     v_scales: torch.Tensor  # [B*H, D]
+    v_means: torch.Tensor  # [B*H, D], subtracted before quantising, added to the output
     batch: int
     heads: int
     tokens: int
@@ -90,7 +91,7 @@ def to_e4m3(x, ROUND_FIRST: tl.constexpr):
 
 
 @triton.jit
-def _k_sums_v_absmax_kernel(k_ptr, v_ptr, k_sums_ptr, v_absmax_ptr, S, H, n_chunks,
+def _column_stats_kernel(k_ptr, v_ptr, k_sums_ptr, v_sums_ptr, v_max_ptr, v_min_ptr, S, H, n_chunks,
                             skb, skh, sks, skd, svb, svh, svs, svd,
                             CHUNK: tl.constexpr, D: tl.constexpr):
     chunk = tl.program_id(0)
@@ -103,7 +104,10 @@ def _k_sums_v_absmax_kernel(k_ptr, v_ptr, k_sums_ptr, v_absmax_ptr, S, H, n_chun
     k = tl.load(k_ptr + b * skb + h * skh + rows[:, None] * sks + cols[None, :] * skd, mask=valid, other=0.0)
     tl.store(k_sums_ptr + (bh * n_chunks + chunk) * D + cols, tl.reduce(k.to(tl.float32), 0, add_combine))
     v = tl.load(v_ptr + b * svb + h * svh + rows[:, None] * svs + cols[None, :] * svd, mask=valid, other=0.0)
-    tl.atomic_max(v_absmax_ptr + bh * D + cols, tl.reduce(tl.abs(v.to(tl.float32)), 0, max_combine))
+    v = v.to(tl.float32)
+    tl.store(v_sums_ptr + (bh * n_chunks + chunk) * D + cols, tl.reduce(v, 0, add_combine))
+    tl.atomic_max(v_max_ptr + bh * D + cols, tl.reduce(tl.where(valid, v, float("-inf")), 0, max_combine))
+    tl.atomic_min(v_min_ptr + bh * D + cols, -tl.reduce(tl.where(valid, -v, float("-inf")), 0, max_combine))
 
 
 @triton.jit
@@ -121,7 +125,7 @@ def _quantise_groups(x, GROUP: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexp
 
 
 @triton.jit
-def _quantise_qkv_kernel(q_ptr, k_ptr, v_ptr, k_mean_ptr, v_scales_ptr,
+def _quantise_qkv_kernel(q_ptr, k_ptr, v_ptr, k_mean_ptr, v_means_ptr, v_scales_ptr,
                          q_out_ptr, k_out_ptr, v_out_ptr, q_scales_ptr, k_scales_ptr,
                          S, S_pad, H, score_scale,
                          sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
@@ -152,12 +156,13 @@ def _quantise_qkv_kernel(q_ptr, k_ptr, v_ptr, k_mean_ptr, v_scales_ptr,
 
     v = tl.load(v_ptr + b * svb + h * svh + rows[:, None] * svs + cols[None, :] * svd, mask=valid, other=0.0)
     v_scales = tl.load(v_scales_ptr + bh * D + cols)
-    v_values = to_e4m3(v.to(tl.float32) / v_scales[None, :], ROUND_FIRST)
+    v_means = tl.load(v_means_ptr + bh * D + cols)
+    v_values = to_e4m3(tl.where(valid, v.to(tl.float32) - v_means[None, :], 0.0) / v_scales[None, :], ROUND_FIRST)
     tl.store(v_out_ptr + bh * D * S_pad + cols[None, :] * S_pad + rows[:, None], v_values)
 
 
 def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bshd", *,
-                 qk_dtype: str = "int8", q_group: int = 32, k_group: int = 64,
+                 qk_dtype: str = "int8", q_group: int = Q_GROUP, k_group: int = K_GROUP,
                  sm_scale: float | None = None) -> QuantisedQKV:
     """Quantise q, k, v ([B, S, H, D] for 'bshd' or [B, H, S, D] for 'bhsd') for the attention kernel."""
     check_inputs(q, k, v, layout, qk_dtype, q_group, k_group)
@@ -173,11 +178,14 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str 
 
     n_chunks = math.ceil(tokens / CHUNK)
     k_sums = torch.empty(rows, n_chunks, dim, device=device, dtype=torch.float32)
-    v_absmax = torch.zeros(rows, dim, device=device, dtype=torch.float32)
-    _k_sums_v_absmax_kernel[(n_chunks, rows)](
-        k, v, k_sums, v_absmax, tokens, heads, n_chunks, *strides[4:], CHUNK=CHUNK, D=dim)
+    v_sums = torch.empty(rows, n_chunks, dim, device=device, dtype=torch.float32)
+    v_max = torch.full((rows, dim), -math.inf, device=device, dtype=torch.float32)
+    v_min = torch.full((rows, dim), math.inf, device=device, dtype=torch.float32)
+    _column_stats_kernel[(n_chunks, rows)](
+        k, v, k_sums, v_sums, v_max, v_min, tokens, heads, n_chunks, *strides[4:], CHUNK=CHUNK, D=dim)
     k_mean = k_sums.sum(dim=1) / tokens
-    v_scales = v_absmax.clamp_min(1e-12) / FP8_MAX
+    v_means = v_sums.sum(dim=1) / tokens
+    v_scales = torch.maximum(v_max - v_means, v_means - v_min).clamp_min(1e-12) / FP8_MAX
 
     qk_torch_dtype = torch.int8 if qk_dtype == "int8" else torch.float8_e4m3fn
     q_out = torch.empty(rows, padded, dim, device=device, dtype=qk_torch_dtype)
@@ -186,11 +194,12 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str 
     q_scales = torch.empty(rows, padded // q_group, device=device, dtype=torch.float32)
     k_scales = torch.empty(rows, padded // k_group, device=device, dtype=torch.float32)
     _quantise_qkv_kernel[(padded // CHUNK, rows)](
-        q, k, v, k_mean, v_scales, q_out, k_out, v_out, q_scales, k_scales,
+        q, k, v, k_mean, v_means, v_scales, q_out, k_out, v_out, q_scales, k_scales,
         tokens, padded, heads, score_scale, *strides,
         CHUNK=CHUNK, D=dim, Q_GROUP=q_group, K_GROUP=k_group, QK_INT8=qk_dtype == "int8",
         QK_TOP=INT8_MAX if qk_dtype == "int8" else FP8_MAX, ROUND_FIRST=kernels_interpreted())
     return QuantisedQKV(q=q_out, k=k_out, v_t=v_out, q_scales=q_scales, k_scales=k_scales, v_scales=v_scales,
+                        v_means=v_means,
                         batch=batch, heads=heads, tokens=tokens, padded=padded, q_group=q_group,
                         k_group=k_group, qk_dtype=qk_dtype)
 

@@ -11,7 +11,10 @@ The scheme (SageAttention-2 style, written from the papers' descriptions):
 - Q and K are quantised to INT8 (or FP8 e4m3) with one fp32 scale per group of `q_group` / `k_group`
   consecutive tokens (per head). The softmax scale and log2(e) are folded into Q's scales, so the integer
   product times the two scales is the score in base-2 units and the softmax uses exp2.
-- V is quantised to FP8 e4m3 with one scale per channel (over all tokens, per head).
+- V is smoothed too: its per-channel mean is subtracted before it is quantised to FP8 e4m3 with one scale per
+  channel (over all tokens, per head), and added back to the output (each softmax row sums to 1). Without it
+  a V with channel offsets makes the P.V accumulator grow with every key block, and Hopper's FP8 MMA adds
+  into a large accumulator with only about 14 bits.
 - P = exp2(s - running max) lies in [0, 1]; it is multiplied by 448 (e4m3's largest value) and cast to FP8
   for the P·V product, accumulated in fp32; the 448 and V's scales are divided out at the end, together
   with the row sum l, which is summed from the unquantised fp32 P.
@@ -31,6 +34,10 @@ LOG2E = 1.4426950408889634
 LAYOUTS = ("bshd", "bhsd")
 QK_DTYPES = ("int8", "fp8")
 HEAD_DIMS = (64, 128)
+# the scheme's token groups: one Q scale per 32 tokens; one K scale per 128, which the kernel's key blocks
+# (at most 128 tokens) never straddle, so a block's scores share one K scale
+Q_GROUP = 32
+K_GROUP = 128
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, qk_dtype: str,
@@ -78,14 +85,16 @@ def quantise_groups(x: torch.Tensor, group: int, qk_dtype: str) -> tuple[torch.T
     return values.reshape(batch, heads, padded, dim), scales
 
 
-def quantise_v_per_channel(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """v [B, H, S, D] fp32 -> (e4m3 values as fp32, scales [B, H, D])."""
-    scales = v.abs().amax(dim=2).clamp_min(1e-12) / FP8_MAX
-    return (v / scales[:, :, None, :]).to(torch.float8_e4m3fn).float(), scales
+def quantise_v_per_channel(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """v [B, H, S, D] fp32 -> (e4m3 values of v - mean as fp32, scales [B, H, D], means [B, H, D])."""
+    means = v.mean(dim=2)
+    centred = v - means[:, :, None, :]
+    scales = centred.abs().amax(dim=2).clamp_min(1e-12) / FP8_MAX
+    return (centred / scales[:, :, None, :]).to(torch.float8_e4m3fn).float(), scales, means
 
 
 def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bshd", *,
-                            qk_dtype: str = "int8", q_group: int = 32, k_group: int = 64, block_n: int = 64,
+                            qk_dtype: str = "int8", q_group: int = Q_GROUP, k_group: int = K_GROUP, block_n: int = 64,
                             sm_scale: float | None = None) -> torch.Tensor:
     """Attention of q, k, v ([B, S, H, D] for 'bshd', [B, H, S, D] for 'bhsd'; no mask, non-causal) through
     the kernel's quantisation scheme, processing keys in blocks of `block_n` like the kernel. Returns the
@@ -102,7 +111,7 @@ def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     q_values, k_values = q_values[:, :, :tokens], k_values[:, :, :tokens]
     row_scale = (q_scales * scale).repeat_interleave(q_group, dim=2)[:, :, :tokens]  # [B, H, S]
     column_scale = k_scales.repeat_interleave(k_group, dim=2)[:, :, :tokens]
-    v_values, v_scales = quantise_v_per_channel(v)
+    v_values, v_scales, v_means = quantise_v_per_channel(v)
 
     shape = q.shape[:3]
     row_max = torch.full(shape, -math.inf)
@@ -119,6 +128,6 @@ def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
         p8 = (p * FP8_MAX).to(torch.float8_e4m3fn).float()
         acc = acc * alpha[..., None] + p8 @ v_values[:, :, start:stop]
         row_max = new_max
-    out = acc * (v_scales[:, :, None, :] / FP8_MAX) / row_sum[..., None]
+    out = acc * (v_scales[:, :, None, :] / FP8_MAX) / row_sum[..., None] + v_means[:, :, None, :]
     out = out.to(dtype)
     return out if layout == "bhsd" else out.transpose(1, 2).contiguous()
