@@ -87,8 +87,7 @@ def build_ours(workload: Workload, precision: str, attention_name: str, compile_
         model = cls(**workload.config())
     randomise_on_gpu(model, device)
     notes = precision_options.apply_precision(model, precision, device)
-    backend = attention.resolve_attention_backend(attention_name, device)
-    attention.apply_attention_backend(model, backend)
+    backend = attention.apply_attention_backend(model, attention_name, device)
     compile_options.apply_compile(model, compile_mode)
     return model, notes, backend
 

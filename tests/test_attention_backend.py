@@ -89,7 +89,8 @@ def test_hopper_auto_prefers_cudnn(monkeypatch):
 def test_hopper_with_everything_installed(monkeypatch):
     _pretend_gpu(monkeypatch, (9, 0), sage=True, flash3=True, triton=True)
     assert available_attention_backends(CUDA) == ["sdpa", "cudnn", "sage", "flash3", "fp8"]
-    assert resolve_attention_backend("auto", CUDA) == "cudnn"  # fp8 changes the output: never automatic
+    assert resolve_attention_backend("auto", CUDA) == "cudnn"  # fp8 only for a model whose attention it fits
+    assert resolve_attention_backend("auto", CUDA, fp8_fits=True) == "fp8"
 
 
 def test_other_gpus_get_sdpa_and_install_hints(monkeypatch):

@@ -331,6 +331,25 @@ def test_another_choice_puts_the_stock_processors_back(family, default_backend):
     assert torch.equal(run(model), run(untouched))
 
 
+def test_auto_takes_fp8_on_hopper_where_the_kernel_fits_and_says_so(monkeypatch, default_backend):
+    from reelsmith.engine.models import attention
+
+    monkeypatch.setattr(attention, "_capability", lambda device: (9, 0) if device.type == "cuda" else None)
+    monkeypatch.setattr(attention, "_triton_importable", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    cuda = torch.device("cuda")
+    model = tiny_wan()
+    assert apply_attention_backend(model, "auto", cuda) == "fp8"
+    assert model_attention_backend(model) == "fp8"
+    narrow = tiny_wan(head_dim=12)  # a head dim the kernel does not take: cuDNN, the processors untouched
+    assert apply_attention_backend(narrow, "auto", cuda) == "cudnn"
+    assert all(type(m.processor) is WanAttnProcessor for m in attention_modules(narrow).values())
+    assert apply_attention_backend(tiny_wan(), "auto", CPU) == "sdpa"
+    # the loader's note names the quality change and the exact alternative, only when 'auto' chose fp8
+    assert "cudnn" in " ".join(attention.auto_choice_notes("auto", "fp8"))
+    assert attention.auto_choice_notes("fp8", "fp8") == attention.auto_choice_notes("auto", "cudnn") == []
+
+
 def test_fp8_is_refused_on_cpu_and_for_unsupported_models(default_backend):
     with pytest.raises(BackendUnavailableError, match="Hopper"):
         apply_attention_backend(tiny_wan(), "fp8", CPU)

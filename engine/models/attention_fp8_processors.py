@@ -135,22 +135,29 @@ def self_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def fp8_self_attention_refusal(model: nn.Module) -> str | None:
+    """Why the 'fp8' backend cannot take `model`'s self-attention (None when it can)."""
+    modules = self_attention_modules(model)
+    if not modules:
+        return (f"{type(model).__name__} has no Wan or LTX-Video self-attention layers; the 'fp8' attention "
+                "backend covers those two families only. Choose 'cudnn' or 'sdpa'.")
+    for name, module in modules:
+        head_dim = module.to_q.out_features // module.heads
+        if head_dim not in HEAD_DIMS:
+            return (f"{name}: head dim {head_dim} is not supported by the 'fp8' attention backend (it supports "
+                    f"{' and '.join(map(str, HEAD_DIMS))}). Choose 'cudnn' or 'sdpa'.")
+    return None
+
+
 def apply_fp8_self_attention(model: nn.Module, stock_backend=None, *, implementation: str = "triton",
                              config: str = "default", qk_dtype: str = "int8") -> int:
     """Give every self-attention module of `model` an FP8 processor; returns how many. `stock_backend` is the
     diffusers backend the calls outside the kernel use. Raises InvalidInputError for a model with no Wan /
     LTX-Video self-attention or a head dim the kernel does not support."""
+    refusal = fp8_self_attention_refusal(model)
+    if refusal is not None:
+        raise InvalidInputError(refusal)
     modules = self_attention_modules(model)
-    if not modules:
-        raise InvalidInputError(
-            f"{type(model).__name__} has no Wan or LTX-Video self-attention layers; the 'fp8' attention backend "
-            "covers those two families only. Choose 'cudnn' or 'sdpa'.")
-    for name, module in modules:
-        head_dim = module.to_q.out_features // module.heads
-        if head_dim not in HEAD_DIMS:
-            raise InvalidInputError(
-                f"{name}: head dim {head_dim} is not supported by the 'fp8' attention backend (it supports "
-                f"{' and '.join(map(str, HEAD_DIMS))}). Choose 'cudnn' or 'sdpa'.")
     classes = fp8_processor_classes()
     for _, module in modules:
         processor = classes[_stock_class(module.processor)]()

@@ -79,7 +79,8 @@ def load_ltx_model(files: LTXModelFiles, options: LTXLoadOptions, device: torch.
     loaded = load_ltx_transformer(files.transformer, files.layout, label=f"{files.label} {files.transformer}")
     model = loaded.model
     notes = precision.apply_precision(model, options.precision, device)
-    attention.apply_attention_backend(model, attention.resolve_attention_backend(options.attention, device))
+    backend = attention.apply_attention_backend(model, options.attention, device)
+    notes += attention.auto_choice_notes(options.attention, backend)
     if options.offload != "none":
         offload.apply_offload(model, options.offload, device)
     compile_options.apply_compile(model, options.compile)

@@ -134,8 +134,8 @@ def _load_expert(path, name: str, files: WanModelFiles, options: WanLoadOptions,
                                                                 options.precision, device)
     notes += precision_notes
     model = loaded.model
-    backend = attention.resolve_attention_backend(options.attention, device)
-    attention.apply_attention_backend(model, backend)
+    backend = attention.apply_attention_backend(model, options.attention, device)
+    notes += [note for note in attention.auto_choice_notes(options.attention, backend) if note not in notes]
     if options.offload != "none":
         offload.apply_offload(model, options.offload, device)
     # offload "none": the weights stay on the CPU until the first run, when ComfyUI's model management
