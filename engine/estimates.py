@@ -368,6 +368,9 @@ def _batch_notes(row: BenchmarkRow, request: EstimateRequest) -> list[str]:
     return notes
 
 
+AUTO_ATTENTION_ORDER = ("fp8", "cudnn", "sdpa")
+
+
 def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
     gpu = gpu_name_from_device(request.gpu_device)
     family = request.model_family
@@ -403,7 +406,14 @@ def estimate(rows: list[BenchmarkRow], request: EstimateRequest) -> Estimate:
         chosen = [r for r in chosen if r.offload == fallback]
     else:
         chosen = [r for r in chosen if r.offload == request.offload]
-    if request.attention not in ("auto", chosen[0].attention) and all(r.attention != request.attention for r in chosen):
+    if request.attention == "auto":
+        # rows of the backend 'auto' would pick come first, so they win among equally near sizes
+        # (engine/models/attention.py: fp8 on Hopper where the kernel fits the model, else cuDNN, else SDPA)
+        chosen = sorted(chosen, key=lambda r: AUTO_ATTENTION_ORDER.index(r.attention)
+                        if r.attention in AUTO_ATTENTION_ORDER else len(AUTO_ATTENTION_ORDER))
+    elif any(r.attention == request.attention for r in chosen):
+        chosen = [r for r in chosen if r.attention == request.attention]
+    else:
         notes.append(f"measured with attention {chosen[0].attention}, not {request.attention}")
 
     shape = model_shape(family, variant)

@@ -57,10 +57,13 @@ def test_table_holds_the_h100_wan_measurements(rows):
     assert measured[("fp8_e4m3fn_fast", "regional", "720p")][0] < measured[("bf16", "off", "720p")][0]
     for row in rows:
         assert (row.raw["driver"], row.raw["torch"]) == ("580.159.04", "2.11.0+cu130")
-        # bench.py and check_avatar_pipeline_gpu.py ran cuDNN attention; check_avatar_gpu.py set no backend
-        # (diffusers' default: torch SDPA)
+        # bench.py and check_avatar_pipeline_gpu.py ran cuDNN attention, and since session 4 'auto' = the FP8
+        # kernel for fp8_e4m3fn_fast + regional compile; check_avatar_gpu.py set no backend (torch SDPA)
         transformer_only_avatar = row.model_family == "avatar" and (row.width, row.height) == (704, 704)
-        assert row.attention == ("sdpa" if transformer_only_avatar else "cudnn")
+        fp8_kernel_path = (row.model_family != "avatar" and row.precision == "fp8_e4m3fn_fast"
+                           and row.compile == "regional")
+        assert row.attention in (("sdpa",) if transformer_only_avatar else
+                                 ("cudnn", "fp8") if fp8_kernel_path else ("cudnn",))
     assert {(r.model_family, r.variant) for r in rows} == {("wan", "t2v-a14b"), ("wan", "ti2v-5b"), ("ltx", "2b"),
                                                            ("ltx", "13b"), ("avatar", "13b")}
 
@@ -169,20 +172,21 @@ def test_token_counts_follow_each_family_compression():
 def test_extrapolation_lands_near_the_other_measured_size(rows, source, target):
     """The quadratic/linear split predicts the other measured size within 15 % (2-13 % off on the H100 rows; the
     largest miss is fp8 + regional compile, whose 480p forward is relatively faster than its 720p one)."""
-    for precision in ("bf16", "fp8_e4m3fn_fast"):
-        for compile_mode in ("off", "regional"):
-            same = [r for r in rows if r.precision == precision and r.compile == compile_mode
-                    and r.variant == "t2v-a14b"]
-            measured = next(r for r in same if r.size_label == target)
-            # the forward alone: text encoding and decoding (which rows may carry) are not extrapolated here
-            only_source = [dataclasses.replace(r, text_encode_s=None, vae_decode_s=None)
-                           for r in same if r.size_label == source]
-            result = estimates.estimate(only_source, _request(
-                precision=precision, compile=compile_mode, width=measured.width, height=measured.height,
-                phases=[(1, 1.0)]))
-            assert result.status == "extrapolated"
-            assert result.seconds == pytest.approx(measured.seconds_per_forward, rel=0.15)
-            assert result.seconds != pytest.approx(measured.seconds_per_forward, rel=0.001)
+    paths = {(r.precision, r.compile, r.attention) for r in rows if r.variant == "t2v-a14b"}
+    assert len(paths) == 5  # bf16 / fp8_e4m3fn_fast x compile off / regional, cuDNN; fp8 + regional with FP8 attention
+    for precision, compile_mode, attention in sorted(paths):
+        same = [r for r in rows if (r.precision, r.compile, r.attention) == (precision, compile_mode, attention)
+                and r.variant == "t2v-a14b"]
+        measured = next(r for r in same if r.size_label == target)
+        # the forward alone: text encoding and decoding (which rows may carry) are not extrapolated here
+        only_source = [dataclasses.replace(r, text_encode_s=None, vae_decode_s=None)
+                       for r in same if r.size_label == source]
+        result = estimates.estimate(only_source, _request(
+            precision=precision, compile=compile_mode, attention=attention, width=measured.width,
+            height=measured.height, phases=[(1, 1.0)]))
+        assert result.status == "extrapolated"
+        assert result.seconds == pytest.approx(measured.seconds_per_forward, rel=0.15)
+        assert result.seconds != pytest.approx(measured.seconds_per_forward, rel=0.001)
 
 
 def test_forwards_per_run_counts_cfg():
@@ -214,6 +218,18 @@ def test_measured_row(rows):
     assert H100 in result.lines[1] and "measured" in result.lines[1] and "720p" in result.lines[1]
     assert "16 min" in result.lines[0]
     assert any("text encode and VAE decode not measured" in line for line in result.lines)
+
+
+def test_auto_attention_takes_the_row_auto_would_run_and_an_explicit_choice_its_own(rows):
+    """fp8_e4m3fn_fast + regional compile at 720p on the H100 is measured with the FP8 kernel (what 'auto'
+    picks there) and with cuDNN: 'auto' gets the FP8 row, 'cudnn' the cuDNN row, no note either way."""
+    auto = estimates.estimate(rows, _request(compile="regional"))
+    cudnn = estimates.estimate(rows, _request(compile="regional", attention="cudnn"))
+    assert auto.row["attention"] == "fp8" and cudnn.row["attention"] == "cudnn"
+    assert auto.row["seconds_per_forward"] < cudnn.row["seconds_per_forward"] and auto.seconds < cudnn.seconds
+    assert not any("measured with attention" in line for line in auto.lines + cudnn.lines)
+    sage = estimates.estimate(rows, _request(compile="regional", attention="sage"))  # not measured: said
+    assert any("measured with attention" in line and "not sage" in line for line in sage.lines)
 
 
 def test_480p_peak_not_recorded_is_said_and_bounded(rows):
