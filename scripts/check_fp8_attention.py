@@ -17,7 +17,7 @@ Forward mode: one full Wan 2.2 A14B expert forward at real size (81 frames, rand
 scripts/bench.py builds it) with the 'fp8' backend vs 'cudnn': seconds per forward and the cosine /
 relative error of the output.
 
-    python scripts/check_fp8_attention.py --forward --size 480p 720p [--config m128n128w8s3]
+    python scripts/check_fp8_attention.py --forward --size 480p 720p [--config m128n128w8s3] [--sample-steps 10]
 
 `--tiny` runs the kernel mode's logic at tiny shapes on the CPU through Triton's interpreter (no timing
 meaning; SDPA rows for cuDNN / flash fail there and are reported as such).
@@ -264,6 +264,12 @@ def check_forward(args) -> list[dict]:
             row.update(compare(out, reference))
             row["fp8_s"] = round(timed(forward, args.forward_repeats, warmup=0), 3)
             row["speedup"] = round(row["cudnn_s"] / row["fp8_s"], 3)
+            if args.sample_steps:  # the same sample with each backend: do the attention errors compound?
+                fp8_sample = euler_flow_sample(model, latents, timestep, text, args.sample_steps)
+                attention.apply_attention_backend(model, "cudnn", device)
+                exact_sample = euler_flow_sample(model, latents, timestep, text, args.sample_steps)
+                row["sample_steps"] = args.sample_steps
+                row.update({f"sample_{key}": value for key, value in compare(fp8_sample, exact_sample).items()})
             del out, reference
             print(json.dumps(row), flush=True)
         except Exception as error:
@@ -275,6 +281,20 @@ def check_forward(args) -> list[dict]:
         rows.append(row)
         torch.cuda.empty_cache()
     return rows
+
+
+def euler_flow_sample(model, noise, timestep, text, steps: int, shift: float = 5.0):
+    """`steps` Euler steps of flow matching from `noise` (sigmas 1 -> 0 with Wan's time shift), no guidance."""
+    import torch
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    x = noise.clone()
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full_like(timestep, float(sigmas[i]) * 1000.0)
+            velocity = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            x = (x.float() + float(sigmas[i + 1] - sigmas[i]) * velocity.float()).to(x.dtype)
+    return x
 
 
 def markdown(rows: list[dict], info: dict) -> str:
@@ -292,14 +312,15 @@ def markdown(rows: list[dict], info: dict) -> str:
                          f"{r['rel_error']} |")
     forward_rows = [r for r in rows if r.get("mode") == "forward"]
     if forward_rows:
-        lines += ["", "| Wan A14B forward | precision | cuDNN s | fp8 s | speedup | cosine | rel. error |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| Wan A14B forward | precision | cuDNN s | fp8 s | speedup | cosine | rel. error | sample: steps, "
+                  "cosine, rel. error |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in forward_rows:
             if r.get("error"):
-                lines.append(f"| {r['size']} | {r['precision']} | failed: {r['error']} | | | | |")
+                lines.append(f"| {r['size']} | {r['precision']} | failed: {r['error']} | | | | | |")
                 continue
             lines.append(f"| {r['size']} {r['frames']}f | {r['precision']} | {r['cudnn_s']} | {r['fp8_s']} | "
-                         f"{r['speedup']} | {r['cosine']} | {r['rel_error']} |")
+                         f"{r['speedup']} | {r['cosine']} | {r['rel_error']} | "
+                         f"{r.get('sample_steps', '')} {r.get('sample_cosine', '')} {r.get('sample_rel_error', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +341,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)
+    parser.add_argument("--sample-steps", type=int, default=0,
+                        help="forward mode: also compare an N-step sample (Euler, flow matching) fp8 vs cuDNN")
     parser.add_argument("--tiny", action="store_true", help="CPU logic check through Triton's interpreter")
     parser.add_argument("--verbose", action="store_true", help="print full tracebacks of failures")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("fp8_attention.json"))
