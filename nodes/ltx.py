@@ -57,7 +57,8 @@ class ReelsmithLTXModelLoader:
                 "precision": (list(precision.PRECISIONS), {
                     "default": "bf16", "tooltip": "Weight precision of the transformer (as for Wan)."}),
                 "attention": (list(attention.ATTENTION_BACKENDS), {
-                    "default": "auto", "tooltip": "Attention kernel; auto picks the fastest installed one."}),
+                    "default": "auto", "tooltip": "Attention kernel; auto picks the fastest installed one (on H100/H200 our "
+                               "FP8 kernel, quantised; cudnn is exact bf16)."}),
                 "compile": (list(compile_options.COMPILE_MODES), {
                     "default": "off", "tooltip": "regional: torch.compile each transformer block once."}),
                 "offload": (list(OFFLOAD_MODES), {
