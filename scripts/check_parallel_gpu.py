@@ -195,7 +195,9 @@ def rank_phase(args) -> int:
         return {"cosine": round(cosine, 6), "max_abs_diff": round((a - b).abs().max().item(), 5),
                 "ref_max_abs": round(b.abs().max().item(), 3)}
 
-    def build(path, seed=1234):
+    def build(path, seed=1234, sequence_split=False):
+        """The model of `path` as the loader's workers build it: 'auto' attention is the FP8 kernel on Hopper
+        except under a sequence split (worker_runtime.py)."""
         precision_name, attention_name, compile_mode = path
         with empty_weights():
             model = WanTransformer3DModel(**config)
@@ -205,8 +207,11 @@ def rank_phase(args) -> int:
         from bench_models import randomise_on_gpu
         randomise_on_gpu(model, device)
         notes = precision.apply_precision(model, precision_name, device)
-        backend = attention.resolve_attention_backend(attention_name, device)
-        attention.apply_attention_backend(model, backend)
+        if sequence_split:
+            backend = attention.apply_attention_backend(model, attention.resolve_attention_backend(attention_name,
+                                                                                                   device))
+        else:
+            backend = attention.apply_attention_backend(model, attention_name, device)
         return model, backend, notes
 
     rows = []
@@ -268,10 +273,12 @@ def rank_phase(args) -> int:
             release()
 
             # the sequence split (Ulysses through diffusers' context parallelism), and sequence+cfg
+            backends = {}
             for mode in modes:
                 if mode in measured:
                     continue
-                parallel, _, _ = build(path)
+                parallel, sequence_backend, _ = build(path, sequence_split=True)
+                backends[mode] = sequence_backend
                 enable_sequence_split(parallel, plans[mode], groups[mode].mesh)
                 compile_options.apply_compile(parallel, path[2])
                 measured[mode] = measure(RankGuidance(parallel, plans[mode], rank))
@@ -282,7 +289,7 @@ def rank_phase(args) -> int:
             one = measured["1gpu"]["seconds"]
             for mode, result in measured.items():
                 row = dict(info, model_family="wan", variant=args.variant, size=size, width=width, height=height,
-                           frames=args.frames, precision=path[0], attention=backend, compile=path[2],
+                           frames=args.frames, precision=path[0], attention=backends.get(mode, backend), compile=path[2],
                            implementation="reelsmith-1gpu-step" if mode == "1gpu" else f"reelsmith-{world}gpu-{mode}",
                            gpus=1 if mode == "1gpu" else world, parallel=None if mode == "1gpu" else mode,
                            seconds_per_step=round(result["seconds"], 3),
