@@ -92,7 +92,7 @@ def build_model(precision: str, offload: str, attention_name: str, encoders, det
     from reelsmith.engine.models.hunyuan_vae import shipped_vae_config
 
     transformer, notes = build_transformer(precision, offload, device)  # check_avatar_gpu.py's, the same options
-    attention.apply_attention_backend(transformer, attention.resolve_attention_backend(attention_name, device))
+    attention.apply_attention_backend(transformer, attention_name, device)
     vae_config = {k: v for k, v in shipped_vae_config().items() if not k.startswith("_")}
     with empty_weights():
         vae = AutoencoderKLHunyuanVideo(**vae_config)

@@ -284,16 +284,17 @@ def check_forward(args) -> list[dict]:
 
 
 def euler_flow_sample(model, noise, timestep, text, steps: int, shift: float = 5.0):
-    """`steps` Euler steps of flow matching from `noise` (sigmas 1 -> 0 with Wan's time shift), no guidance."""
+    """`steps` Euler steps of flow matching from `noise` (shifted sigmas 1 -> 0), no guidance."""
     import torch
-    sigmas = torch.linspace(1.0, 0.0, steps + 1)
-    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    from reelsmith.engine.pipelines.avatar_schedule import euler_step, flow_sigmas, flow_timesteps
+
+    sigmas = flow_sigmas(steps, shift)
     x = noise.clone()
     with torch.no_grad():
-        for i in range(steps):
-            t = torch.full_like(timestep, float(sigmas[i]) * 1000.0)
-            velocity = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
-            x = (x.float() + float(sigmas[i + 1] - sigmas[i]) * velocity.float()).to(x.dtype)
+        for i, t in enumerate(flow_timesteps(sigmas)):
+            velocity = model(hidden_states=x, timestep=torch.full_like(timestep, float(t)),
+                             encoder_hidden_states=text, return_dict=False)[0]
+            x = euler_step(x, velocity, sigmas[i], sigmas[i + 1]).to(x.dtype)
     return x
 
 

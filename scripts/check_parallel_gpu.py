@@ -207,11 +207,7 @@ def rank_phase(args) -> int:
         from bench_models import randomise_on_gpu
         randomise_on_gpu(model, device)
         notes = precision.apply_precision(model, precision_name, device)
-        if sequence_split:
-            backend = attention.apply_attention_backend(model, attention.resolve_attention_backend(attention_name,
-                                                                                                   device))
-        else:
-            backend = attention.apply_attention_backend(model, attention_name, device)
+        backend = attention.apply_attention_backend(model, attention_name, device, auto_fp8=not sequence_split)
         return model, backend, notes
 
     rows = []

@@ -185,17 +185,21 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
 
 
 _autotuned_kernel = None
-_AUTOTUNE_KEY_BLOCK = 128  # the largest BLOCK_N among the autotuned configs
+
+
+def _autotune_configs() -> list[Fp8AttentionConfig]:
+    """The configs `config="autotune"` times: the pointer-load ones (the '-tma' ones need descriptors built for
+    their block shapes)."""
+    return [c for c in FP8_ATTENTION_CONFIGS.values() if c.loads == "pointer"]
 
 
 def _autotuned():
-    """The kernel wrapped in triton.autotune over the named pointer-load configs (the '-tma' ones need
-    descriptors built for their block shapes). Built on first use."""
+    """The kernel wrapped in triton.autotune over `_autotune_configs()`. Built on first use."""
     global _autotuned_kernel
     if _autotuned_kernel is None:
         configs = [triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "PV_PROMOTE": c.pv_promote},
                                  num_warps=c.num_warps, num_stages=c.num_stages)
-                   for c in FP8_ATTENTION_CONFIGS.values() if c.loads == "pointer"]
+                   for c in _autotune_configs()]
         _autotuned_kernel = triton.autotune(configs=configs, key=["S", "D", "QK_INT8"])(_fp8_attention_kernel)
     return _autotuned_kernel
 
@@ -229,7 +233,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
     """Run the attention kernel on quantised inputs, writing into `out` (the input's shape and layout)."""
     dim = qkv.q.shape[-1]
     chosen = resolve_config(config, dim)
-    key_block = _AUTOTUNE_KEY_BLOCK if chosen == "autotune" else chosen.block_n
+    key_block = max(c.block_n for c in _autotune_configs()) if chosen == "autotune" else chosen.block_n
     if qkv.k_group % key_block:
         raise InvalidInputError(
             f"FP8 attention k_group {qkv.k_group} must be a multiple of the config's key block ({key_block} "

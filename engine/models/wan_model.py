@@ -135,7 +135,7 @@ def _load_expert(path, name: str, files: WanModelFiles, options: WanLoadOptions,
     notes += precision_notes
     model = loaded.model
     backend = attention.apply_attention_backend(model, options.attention, device)
-    notes += [note for note in attention.auto_choice_notes(options.attention, backend) if note not in notes]
+    notes += attention.auto_choice_notes(options.attention, backend)
     if options.offload != "none":
         offload.apply_offload(model, options.offload, device)
     # offload "none": the weights stay on the CPU until the first run, when ComfyUI's model management
@@ -219,6 +219,7 @@ def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.
                 f"{files.text_encoder}: text encoder width {text_encoder.model.config.d_model} does not match the "
                 f"transformer's text width {expected_dim}; pick the UMT5-XXL encoder that goes with Wan 2.2."
             )
+    notes = list(dict.fromkeys(notes))  # both experts (and every worker) report the same choices
     for note in notes:
         log.info("Reelsmith: %s", note)
     resident = options.offload == "none"

@@ -144,14 +144,10 @@ class RankModels:
         self.notes += notes
         model = loaded.model
         model.to(self.device)
-        if self.plan.ulysses_degree > 1:
-            # 'auto' never becomes 'fp8' here: the FP8 processors bypass diffusers' dispatcher, which is where
-            # the sequence split happens (parallel_plan refuses an explicit 'fp8' with it)
-            attention.apply_attention_backend(model, attention.resolve_attention_backend(self.spec.attention,
-                                                                                         self.device))
-        else:
-            backend = attention.apply_attention_backend(model, self.spec.attention, self.device)
-            self.notes += [n for n in attention.auto_choice_notes(self.spec.attention, backend) if n not in self.notes]
+        # under a sequence split 'auto' stays off the FP8 kernel (parallel_plan refuses an explicit 'fp8' there)
+        backend = attention.apply_attention_backend(model, self.spec.attention, self.device,
+                                                    auto_fp8=self.plan.ulysses_degree == 1)
+        self.notes += attention.auto_choice_notes(self.spec.attention, backend)
         if self.plan.ulysses_degree > 1:
             enable_sequence_split(model, self.plan, self.groups.mesh)
         blocks = make_blocks_cancellable(model)

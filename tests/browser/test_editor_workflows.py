@@ -40,6 +40,15 @@ def _on_grid(value: int, step: int, offset: int = 0) -> int:
     return offset + round((value - offset) / step) * step
 
 
+def _open_shipped(editor, url: str, name: str) -> dict:
+    """Open the shipped workflow `name` from the templates list; returns the editor rules the pack serves."""
+    rules = _get(f"{url}/api/reelsmith/editor/rules")
+    editor.open()
+    editor.open_template("Reelsmith", name)
+    editor.shot("loaded")
+    return rules
+
+
 def test_templates_list_has_every_shipped_workflow(editor_server):
     listed = _get(f"{editor_server.url}/api/workflow_templates")
     assert sorted(listed.get("Reelsmith", [])) == WORKFLOWS
@@ -48,10 +57,7 @@ def test_templates_list_has_every_shipped_workflow(editor_server):
 @pytest.mark.parametrize("name", AVATAR_WORKFLOWS)
 def test_avatar_workflow_in_the_editor(editor, editor_server, name):
     url = editor_server.url
-    rules = _get(f"{url}/api/reelsmith/editor/rules")
-    editor.open()
-    editor.open_template("Reelsmith", name)
-    editor.shot("loaded")
+    rules = _open_shipped(editor, url, name)
 
     # the loader: the vendor folder is not downloaded; every missing part, the model set command, per-part commands
     loader_type = "ReelsmithHunyuanAvatarLoader"
@@ -117,10 +123,7 @@ def test_avatar_workflow_in_the_editor(editor, editor_server, name):
 @pytest.mark.parametrize("name", FULL_FLOW_WORKFLOWS)
 def test_shipped_workflow_in_the_editor(editor, editor_server, name):
     url = editor_server.url
-    rules = _get(f"{url}/api/reelsmith/editor/rules")
-    editor.open()
-    editor.open_template("Reelsmith", name)
-    editor.shot("loaded")
+    rules = _open_shipped(editor, url, name)
 
     # the loader: which files are missing, and the command that fetches them
     loader_type = next(t for t in rules["loaders"] if editor.node_ids(t))
