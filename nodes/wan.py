@@ -97,10 +97,11 @@ class ReelsmithWanModelLoader:
                                "offload must be 'none'. 'all' uses every visible GPU (they must be the same "
                                "model)."}),
                 "parallel": (list(PARALLEL_MODES), {
-                    "default": "sequence",
-                    "tooltip": "How several GPUs split a step. sequence: each GPU takes a slice of the video "
-                               "(any CFG). cfg: 2 GPUs, one runs the prompt pass and one the negative pass "
-                               "(needs CFG above 1). sequence+cfg: both, for 4 or 8 GPUs."}),
+                    "default": "auto",
+                    "tooltip": "How several GPUs split a step. auto: per step, the split measured fastest: with "
+                               "CFG the prompt and negative passes on different GPUs (cfg), without CFG a slice of "
+                               "the video per GPU (sequence). sequence: always a slice per GPU. cfg: 2 GPUs, one "
+                               "pass each (needs CFG above 1). sequence+cfg: both, for 4 or 8 GPUs."}),
             },
         }
 
@@ -127,7 +128,7 @@ class ReelsmithWanModelLoader:
         return files
 
     def load(self, model, diffusion_model, diffusion_model_low_noise, text_encoder, vae,
-             precision, attention, compile, offload, gpus="1", parallel="sequence"):
+             precision, attention, compile, offload, gpus="1", parallel="auto"):
         files = self.resolve_files(model, diffusion_model, diffusion_model_low_noise, text_encoder, vae)
         options = WanLoadOptions(precision=precision, attention=attention, compile=compile, offload=offload,
                                  gpus=str(gpus), parallel=parallel)

@@ -3,14 +3,15 @@
 and CFG split against one GPU, with random weights at real size (nothing downloaded).
 
     python scripts/check_parallel_gpu.py                       # 2 GPUs, A14B expert, 480p + 720p, 81 frames
-    python scripts/check_parallel_gpu.py --sizes 720p --paths fp8_e4m3fn_fast:cudnn:regional --out p.json
+    python scripts/check_parallel_gpu.py --sizes 720p --paths fp8_e4m3fn_fast:auto:regional --out p.json
 
 Measured, per size and loader path (`precision:attention:compile`, default the fast path
-fp8_e4m3fn_fast:cudnn:regional and bf16:cudnn:off):
+fp8_e4m3fn_fast:auto:regional, where auto is the FP8 attention kernel on Hopper, and bf16:cudnn:off):
 1. equality, parallel vs one GPU on the same weights and inputs: one guided step (cond + uncond, CFG 5) and a
    short sample (`--sample-steps` UniPC steps through `sample_wan`, smallest size, first path): cosine and max |diff|;
-2. seconds per denoising step with CFG (two forwards): one GPU, `sequence` (Ulysses over all GPUs) and `cfg`
-   (`sequence+cfg` on 4/8 GPUs), and the ratio to one GPU, in the same run;
+2. seconds per denoising step with CFG (two forwards): one GPU, `cfg` (`sequence+cfg` on 4/8 GPUs: what `auto`
+   runs for such a step) and `sequence` (Ulysses over all GPUs), and the ratio to one GPU, in the same run; and
+   a step with CFG 1 (one forward) on one GPU and with the sequence split (what `auto` runs for it);
 3. peak memory per GPU in each mode;
 4. communication share: NCCL kernel time / step time from a torch.profiler trace of one step (first path only;
    NCCL kernels spin while waiting for a peer, so this is an upper bound on time spent communicating);
@@ -64,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", nargs="+", default=["480p", "720p"], choices=list(REAL_SIZES))
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--paths", nargs="+", type=parse_path,
-                        default=[("fp8_e4m3fn_fast", "cudnn", "regional"), ("bf16", "cudnn", "off")])
+                        default=[("fp8_e4m3fn_fast", "auto", "regional"), ("bf16", "cudnn", "off")])
     parser.add_argument("--repeats", type=int, default=1, help="timed steps after one warm-up step")
     parser.add_argument("--sample-steps", type=int, default=2, help="steps of the equality sample (0: none)")
     parser.add_argument("--no-pool", action="store_true", help="skip the worker-pool overhead phase")
+    parser.add_argument("--no-one-pass", dest="one_pass", action="store_false",
+                        help="skip the CFG-1 step (one forward: the sequence split that auto uses without CFG)")
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (CPU smoke test)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("parallel_check.json"))
     parser.add_argument("--table", type=pathlib.Path, help="merge the rows into this data file (benchmarks.json)")
@@ -128,16 +131,19 @@ def rank_phase(args) -> int:
 
     from reelsmith.engine.models import attention, compile as compile_options, precision
     from reelsmith.engine.models.checkpoint_io import empty_weights
-    from reelsmith.engine.parallel.parallel_plan import make_parallel_plan
+    from reelsmith.engine.parallel.parallel_plan import SplitLayout, make_parallel_plan
     from reelsmith.engine.parallel.rank_guidance import RankGuidance
-    from reelsmith.engine.parallel.worker_runtime import enable_sequence_split, init_rank
+    from reelsmith.engine.parallel.sequence_split import SequenceSplitSwitch
+    from reelsmith.engine.parallel.worker_runtime import init_rank
     from reelsmith.engine.pipelines.wan_sampler import WanSampleRequest, guided_velocity, sample_wan
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    modes = ["sequence", "cfg" if world == 2 else "sequence+cfg"]
-    plans = {mode: make_parallel_plan(str(world), mode) for mode in modes}
-    groups = {mode: init_rank(plans[mode], rank, None) for mode in modes}
-    device = groups["sequence"].device
+    cfg_mode = "cfg" if world == 2 else "sequence+cfg"
+    plans = {mode: make_parallel_plan(str(world), mode) for mode in ("sequence", cfg_mode)}
+    # the auto plan's layouts are the CFG split (guided steps) and the sequence split (CFG 1): the groups of
+    # both, as the workers build them
+    groups = init_rank(make_parallel_plan(str(world), "auto"), rank, None)
+    device = groups.device
     cuda = device.type == "cuda"
     info = facts(device)
     config = model_config(args)
@@ -195,9 +201,9 @@ def rank_phase(args) -> int:
         return {"cosine": round(cosine, 6), "max_abs_diff": round((a - b).abs().max().item(), 5),
                 "ref_max_abs": round(b.abs().max().item(), 3)}
 
-    def build(path, seed=1234, sequence_split=False):
-        """The model of `path` as the loader's workers build it: 'auto' attention is the FP8 kernel on Hopper
-        except under a sequence split (worker_runtime.py)."""
+    def build(path, compiled: bool, seed=1234):
+        """The model of `path` as the loader's workers build it (one copy serves every split: the switch puts
+        the sequence split on and takes it off per forward)."""
         precision_name, attention_name, compile_mode = path
         with empty_weights():
             model = WanTransformer3DModel(**config)
@@ -207,8 +213,16 @@ def rank_phase(args) -> int:
         from bench_models import randomise_on_gpu
         randomise_on_gpu(model, device)
         notes = precision.apply_precision(model, precision_name, device)
-        backend = attention.apply_attention_backend(model, attention_name, device, auto_fp8=not sequence_split)
-        return model, backend, notes
+        backend = attention.apply_attention_backend(model, attention_name, device)
+        split = SequenceSplitSwitch(model, device.type, groups.meshes())
+        if compiled:
+            notes += compile_options.apply_compile(model, compile_mode)
+        return model, split, backend, notes
+
+    def release() -> None:
+        if cuda:
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
 
     rows = []
     first_size = args.sizes[0]
@@ -228,75 +242,79 @@ def rank_phase(args) -> int:
             profiling = path_index == 0
             say(f"[{time.perf_counter() - started:6.0f} s] {size} {':'.join(path)}", flush=True)
 
-            def step_with(model_or_guidance):
+            def step_with(model_or_guidance, cfg=CFG_SCALE):
                 return lambda: guided_velocity(model_or_guidance, hidden_states=latents, timestep=timestep,
-                                               prompt=prompt, negative=negative, cfg=CFG_SCALE)
+                                               prompt=prompt, negative=negative, cfg=cfg)
 
             def run_sample(model_or_guidance):
                 return sample_wan(high_noise_model=model_or_guidance, low_noise_model=None, vae=vae_layout(args),
                                   request=request, device=device, size_multiple=16 if args.variant != "ti2v-5b" else 32,
                                   image_conditioned=False, expand_timesteps=args.variant == "ti2v-5b").latents
 
-            # one GPU, and the CFG split (each rank holds the whole model, no context parallelism)
-            single, backend, notes = build(path)
-            compile_options.apply_compile(single, path[2])
+            model, split, backend, notes = build(path, compiled=True)
             with torch.no_grad():
-                reference = step_with(single)()
-            measured = {"1gpu": {"seconds": timed(step_with(single)), "peak": peak_per_gpu()}}
-            reference_sample = run_sample(single) if sampling else None
+                reference = {CFG_SCALE: step_with(model)(), 1.0: step_with(model, 1.0)()}
+            measured = {"1gpu": {"seconds": timed(step_with(model)), "peak": peak_per_gpu(), "cfg": CFG_SCALE}}
+            if args.one_pass:
+                measured["1gpu-1pass"] = {"seconds": timed(step_with(model, 1.0)), "peak": peak_per_gpu(), "cfg": 1.0}
+            reference_sample = run_sample(model) if sampling else None
 
-            def measure(guided) -> dict:
+            def measure(guided, cfg=CFG_SCALE) -> dict:
                 """Equality with one GPU, step time, peak memory (and NCCL share, sample equality) of one mode."""
                 with torch.no_grad():
-                    result = {"equal_step": compare(step_with(guided)(), reference)}
+                    result = {"equal_step": compare(step_with(guided, cfg)(), reference[cfg]), "cfg": cfg}
                 reset_peak()
-                result.update(seconds=timed(step_with(guided)), peak=peak_per_gpu())
+                result.update(seconds=timed(step_with(guided, cfg)), peak=peak_per_gpu())
                 if profiling:
-                    result["comm_share"] = comm_share(step_with(guided))
-                if sampling:
+                    result["comm_share"] = comm_share(step_with(guided, cfg))
+                if sampling and cfg == CFG_SCALE:
                     result["equal_sample"] = compare(run_sample(guided), reference_sample)
                 return result
 
-            def release() -> None:
-                if cuda:
-                    torch._dynamo.reset()
-                    torch.cuda.empty_cache()
-
-            cfg_mode = modes[1]
-            if plans[cfg_mode].ulysses_degree == 1:  # sequence+cfg needs the context-parallel model (below)
-                measured[cfg_mode] = measure(RankGuidance(single, plans[cfg_mode], rank))
-            del single
+            wanted = [(cfg_mode, CFG_SCALE), ("sequence", CFG_SCALE)] + ([("sequence-1pass", 1.0)] if args.one_pass else [])
+            compile_note = {}
+            for name, cfg in wanted:
+                plan = plans[name.removesuffix("-1pass")]
+                try:
+                    measured[name] = measure(RankGuidance(model, plan, rank, split), cfg)
+                except Exception as error:  # noqa: BLE001 - torch.compile under the sequence split: measure eager
+                    if path[2] == "off" or not plan.layout_for(2 if cfg > 1 else 1).ulysses_degree > 1:
+                        raise
+                    say(f"# {name} with compile '{path[2]}' failed ({type(error).__name__}: {error}); eager instead",
+                        flush=True)
+                    del model, split
+                    release()
+                    model, split, _, _ = build(path, compiled=False)
+                    compile_note[name] = f"compile failed under the sequence split ({type(error).__name__}); eager"
+                    measured[name] = measure(RankGuidance(model, plan, rank, split), cfg)
+                    for later, _ in wanted[wanted.index((name, cfg)) + 1:]:
+                        compile_note[later] = compile_note[name]
+            split.use(SplitLayout(1, 1))
+            del model, split
             release()
 
-            # the sequence split (Ulysses through diffusers' context parallelism), and sequence+cfg
-            backends = {}
-            for mode in modes:
-                if mode in measured:
-                    continue
-                parallel, sequence_backend, _ = build(path, sequence_split=True)
-                backends[mode] = sequence_backend
-                enable_sequence_split(parallel, plans[mode], groups[mode].mesh)
-                compile_options.apply_compile(parallel, path[2])
-                measured[mode] = measure(RankGuidance(parallel, plans[mode], rank))
-                del parallel
-                release()
-
             width, height = pixels(args, size)
-            one = measured["1gpu"]["seconds"]
             for mode, result in measured.items():
+                one = measured["1gpu-1pass" if result["cfg"] == 1.0 else "1gpu"]["seconds"]
+                single = mode.startswith("1gpu")
+                passes = 1 if result["cfg"] == 1.0 else 2
                 row = dict(info, model_family="wan", variant=args.variant, size=size, width=width, height=height,
-                           frames=args.frames, precision=path[0], attention=backends.get(mode, backend), compile=path[2],
-                           implementation="reelsmith-1gpu-step" if mode == "1gpu" else f"reelsmith-{world}gpu-{mode}",
-                           gpus=1 if mode == "1gpu" else world, parallel=None if mode == "1gpu" else mode,
-                           seconds_per_step=round(result["seconds"], 3),
-                           seconds_per_forward=round(result["seconds"] / 2, 3),
+                           frames=args.frames, precision=path[0], attention=backend,
+                           compile="off" if mode in compile_note else path[2],
+                           implementation=f"reelsmith-1gpu-{'forward' if passes == 1 else 'step'}" if single
+                           else f"reelsmith-{world}gpu-{mode}",
+                           gpus=1 if single else world, parallel=None if single else mode.removesuffix("-1pass"),
+                           cfg=result["cfg"], seconds_per_step=round(result["seconds"], 3),
+                           seconds_per_forward=round(result["seconds"] / passes, 3),
                            ratio_vs_1gpu=round(result["seconds"] / one, 3),
-                           peak_gib=max(result["peak"][:1 if mode == "1gpu" else world]),
-                           peak_gib_per_gpu=result["peak"][:1] if mode == "1gpu" else result["peak"],
+                           peak_gib=max(result["peak"][:1 if single else world]),
+                           peak_gib_per_gpu=result["peak"][:1] if single else result["peak"],
                            comm_share=result.get("comm_share"), equal_step=result.get("equal_step"),
                            equal_sample=result.get("equal_sample"),
-                           notes=("one denoising step with CFG (2 forwards), random weights at real size "
-                                  "(scripts/check_parallel_gpu.py)" + ("; " + "; ".join(notes) if notes else "")))
+                           notes=(f"one denoising step, CFG {result['cfg']:g} ({passes} forward{'s' * (passes > 1)}), "
+                                  "random weights at real size (scripts/check_parallel_gpu.py)"
+                                  + "".join("; " + n for n in notes + ([compile_note[mode]] if mode in compile_note
+                                                                        else []))))
                 rows.append(row)
             if rank == 0:
                 args.out.write_text(json.dumps(rows, indent=2) + "\n")
@@ -370,12 +388,13 @@ def markdown(rows: list[dict]) -> str:
     def equal(value):
         return f"{value['cosine']:.6f} / {value['max_abs_diff']:g}" if value else ""
 
-    lines = ["| size | path | mode | s / step | vs 1 GPU | peak GiB per GPU | comm share | step cos / max diff "
-             "| sample cos / max diff |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | path | mode | CFG | s / step | vs 1 GPU | peak GiB per GPU | comm share | step cos / max diff "
+             "| sample cos / max diff |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in (r for r in rows if "ratio_vs_1gpu" in r):
         mode = row["parallel"] or "1 GPU"
         share = "" if row.get("comm_share") is None else f"{row['comm_share']:.0%}"
         lines.append(f"| {row['size']} | {row['precision']}:{row['attention']}:{row['compile']} | {mode} | "
+                     f"{row.get('cfg', CFG_SCALE):g} | "
                      f"{row['seconds_per_step']:.3f} | {row['ratio_vs_1gpu']:.3f}x | {row['peak_gib_per_gpu']} | "
                      f"{share} | {equal(row.get('equal_step'))} | {equal(row.get('equal_sample'))} |")
     pool = [r for r in rows if "protocol_overhead_s" in r]

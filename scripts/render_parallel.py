@@ -5,7 +5,7 @@
         --prompt "A red fox trots through fresh snow" --width 832 --height 480 --frames 81 --out fox.mp4
 
 Every rank loads the experts on its GPU (the loader's code and options: --precision, --attention, --compile)
-and runs the same sampler loop; --parallel picks how a step is split (sequence, cfg, sequence+cfg, as the
+and runs the same sampler loop; --parallel picks how a step is split (auto, sequence, cfg, sequence+cfg, as the
 loader's `parallel` input). Rank 0 also holds the text encoder and the VAE: it encodes the prompt, shares the
 embeddings, and decodes and writes the video. --model is a Wan-AI release folder or a diffusers folder.
 With one process it is the ordinary one-GPU path. CPU tests run it with REELSMITH_PARALLEL_CPU=1 (gloo).
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--boundary", type=float, default=None, help="default: the variant's")
     parser.add_argument("--scheduler", default="unipc")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parallel", default="sequence", choices=["sequence", "cfg", "sequence+cfg"])
+    parser.add_argument("--parallel", default="auto", choices=["auto", "sequence", "cfg", "sequence+cfg"])
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--compile", default="off")
@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     from reelsmith.engine.models.wan_model import WanLoadOptions, load_wan_model
     from reelsmith.engine.models.wan_transformer import probe_wan_transformer
     from reelsmith.engine.models.wan_vae import load_wan_vae
-    from reelsmith.engine.parallel.parallel_plan import check_head_split, check_request_split, make_parallel_plan
+    from reelsmith.engine.parallel.parallel_plan import (check_head_split, check_request_split, make_parallel_plan,
+                                                              passes_per_step)
     from reelsmith.engine.parallel.parallel_wan import worker_spec
     from reelsmith.engine.parallel.rank_guidance import RankGuidance
     from reelsmith.engine.parallel.worker_runtime import RankModels, init_rank
@@ -92,10 +93,11 @@ def main(argv=None) -> int:
                                    on_step=lambda step, total, x0: say(f"step {step}/{total}", flush=True))
         latents, frames, fps = video.latents, video.frames, video.fps
     else:
-        plan = make_parallel_plan(str(world), args.parallel, attention=args.attention)
+        plan = make_parallel_plan(str(world), args.parallel)
         check_head_split(plan, heads, variant.display_name)
         check_request_split(plan, width=args.width, height=args.height, frames=args.frames,
-                            size_multiple=variant.size_multiple, uses_cfg=uses_cfg)
+                            size_multiple=variant.size_multiple,
+                            passes=passes_per_step(args.cfg_high, args.cfg_low if variant.two_experts else None))
         groups = init_rank(plan, rank, None)  # torchrun's MASTER_ADDR / MASTER_PORT
         device = groups.device
         models = RankModels(worker_spec(files, options, plan, variant.two_experts), rank, groups)
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
             prompt_embeds=embeds[:1].cpu(), negative_embeds=embeds[1:2].cpu() if uses_cfg else None,
             width=args.width, height=args.height, frames=args.frames, steps=args.steps, cfg_high=args.cfg_high,
             cfg_low=args.cfg_low, flow_shift=flow_shift, boundary=boundary, scheduler=args.scheduler, seed=args.seed)
-        experts = {name: RankGuidance(model, plan, rank) for name, model in models.models.items()}
+        experts = {name: RankGuidance(model, plan, rank, models.splits[name]) for name, model in models.models.items()}
         result = sample_wan(high_noise_model=experts["high"], low_noise_model=experts.get("low"), vae=vae,
                             request=request, device=device, size_multiple=variant.size_multiple,
                             image_conditioned=variant.image_conditioned, expand_timesteps=variant.name == "ti2v-5b",

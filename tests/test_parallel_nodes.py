@@ -18,7 +18,7 @@ def test_gpus_and_parallel_are_optional_with_one_gpu_defaults():
     assert "gpus" not in inputs["required"] and "parallel" not in inputs["required"]
     gpus, parallel = inputs["optional"]["gpus"], inputs["optional"]["parallel"]
     assert gpus[0] == ["1", "2", "4", "8", "all"] and gpus[1]["default"] == "1" and gpus[1]["tooltip"]
-    assert parallel[0] == ["sequence", "cfg", "sequence+cfg"] and parallel[1]["default"] == "sequence"
+    assert parallel[0] == ["auto", "sequence", "cfg", "sequence+cfg"] and parallel[1]["default"] == "auto"
     assert parallel[1]["tooltip"]
 
 
@@ -40,7 +40,7 @@ def test_loader_passes_the_choices_to_the_engine(monkeypatch):
     node = ReelsmithWanModelLoader()
     node.load("m", "d", "none", "none", "v", "bf16", "auto", "off", "none")
     options = seen.pop("o")
-    assert (options.gpus, options.parallel) == ("1", "sequence")
+    assert (options.gpus, options.parallel) == ("1", "auto")
     node.load("m", "d", "none", "none", "v", "bf16", "auto", "off", "none", gpus="4", parallel="sequence+cfg")
     options = seen.pop("o")
     assert (options.gpus, options.parallel) == ("4", "sequence+cfg")

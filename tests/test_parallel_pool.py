@@ -2,6 +2,7 @@
 options, stop, and no process left after a stop, a garbage-collected pool, atexit, a killed parent or a
 re-import of the pack."""
 
+import dataclasses
 import gc
 import importlib.util
 import multiprocessing
@@ -27,9 +28,10 @@ def test_messages_round_trip_with_tensors():
     messages = [
         protocol.Hello(rank=1, pid=123),
         protocol.Setup(spec=spec, rank=1, master_port=2345),
+        protocol.Setup(spec=empty_spec(parallel="auto"), rank=0, master_port=2345),  # two layouts
         protocol.Forward(7, "low", (("/x/lora.safetensors", 0.5),), hidden, torch.tensor([999.0]), ("cond", "uncond"),
                          3, {"cond": torch.randn(1, 512, 32)}),
-        protocol.ForwardDone(7, 0, {"cond": hidden}),
+        protocol.ForwardDone(7, 0, {"cond": hidden}, 1.5, "cfg"),
         protocol.ForwardCancelled(7, 1, 5),
         protocol.WorkerError(None, 1, "RuntimeError: boom", "Traceback ..."),
         protocol.Cancel(7), protocol.Stop(),
@@ -52,6 +54,17 @@ def test_messages_round_trip_with_tensors():
             else:
                 assert got == value
     assert not b.poll(0)  # nothing left over
+
+
+def test_a_class_the_receiver_cannot_rebuild_is_refused_when_sent():
+    @dataclasses.dataclass
+    class Stranger:
+        value: int
+
+    a, b = multiprocessing.Pipe()
+    with pytest.raises(TypeError, match="Stranger is not a protocol message class"):
+        protocol.send(a, protocol.Setup(spec=Stranger(1), rank=0, master_port=1))
+    assert not b.poll(0)  # nothing half-sent
 
 
 def test_control_channel_needs_the_authkey():

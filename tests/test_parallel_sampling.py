@@ -1,5 +1,5 @@
 """Several-GPU Wan sampling on 2 CPU workers (test switch, gloo): equal to the in-process run on the same seed in
-`sequence` (diffusers' Ulysses over gloo) and `cfg` mode, LoRAs applied by the workers, Cancel inside a forward
+`sequence` (diffusers' Ulysses over gloo), `cfg` and `auto` mode (switching split per step), LoRAs applied by the workers, Cancel inside a forward
 with the workers staying warm, and a killed worker failing the run clearly with fresh workers next time."""
 
 import os
@@ -89,7 +89,7 @@ def test_cfg_mode_without_cfg_is_refused_before_any_step(files):
         generate(model, cfg_high=1.0, cfg_low=1.0, on_step=lambda *a: pytest.fail("a step ran"))
 
 
-@pytest.mark.parametrize("mode", ["cfg", "sequence"])
+@pytest.mark.parametrize("mode", ["cfg", "sequence", "auto"])
 def test_parallel_run_equals_the_one_process_run(files, expected, lora_file, mode):
     model = load_wan_model(files, WanLoadOptions(precision="bf16", gpus="2", parallel=mode), CPU)
     assert isinstance(model.high.model, ParallelWanTransformer) and model.parallel_plan.mode == mode
@@ -98,8 +98,12 @@ def test_parallel_run_equals_the_one_process_run(files, expected, lora_file, mod
     assert len(pool.pids) == 2 and all(running(pid) for pid in pool.pids)
 
     # 3 steps with boundary 0.875 use both experts; cfg_low 1 makes the low expert's steps single-pass
+    pool.splits_used.clear()
     assert_close(generate(model).latents, expected())
     assert_close(generate(model, cfg_low=1.0).latents, expected("cfg_low 1"))
+    # which split the workers ran: auto takes the CFG split for guided steps and the sequence split otherwise
+    used = {"cfg": {"cfg"}, "sequence": {"sequence"}, "auto": {"cfg", "sequence"}}[mode]
+    assert set(pool.splits_used) == used, pool.splits_used
     if mode == "sequence":  # LoRAs from the LoRA node reach the workers, and are taken off again
         with_lora = generate(model.with_loras([LoraStackEntry(lora_file, 0.8, "both")])).latents
         assert_close(with_lora, expected("lora"))

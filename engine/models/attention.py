@@ -165,21 +165,18 @@ def _attention_processors(model: nn.Module):
             yield processor
 
 
-def apply_attention_backend(model: nn.Module, backend: str, device=None, fp8_options: dict | None = None, *,
-                            auto_fp8: bool = True) -> str:
+def apply_attention_backend(model: nn.Module, backend: str, device=None, fp8_options: dict | None = None) -> str:
     """Make every attention processor of `model` use `backend`, leaving diffusers' process-wide default
     alone. `auto` is resolved for `device` (default: where the model's weights are). Returns the concrete
     backend name. Other models keep their own choice (each processor carries its own).
 
     `fp8` gives the self-attention modules our FP8 processors and leaves every other attention on PyTorch
-    SDPA; `fp8_options` (implementation, config, qk_dtype) go to `apply_fp8_self_attention`. `auto_fp8=False`
-    keeps `auto` off the FP8 kernel (under a sequence split: its processors bypass diffusers' dispatcher, where
-    the split happens)."""
+    SDPA; `fp8_options` (implementation, config, qk_dtype) go to `apply_fp8_self_attention`."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
     if backend == "auto":
         backend = resolve_attention_backend("auto", device if device is not None else _model_device(model),
-                                            fp8_fits=auto_fp8 and fp8_self_attention_refusal(model) is None)
+                                            fp8_fits=fp8_self_attention_refusal(model) is None)
     elif backend not in ATTENTION_BACKENDS[1:]:
         raise InvalidInputError(
             f"Unknown attention backend '{backend}'. Choose one of: {', '.join(ATTENTION_BACKENDS)}."

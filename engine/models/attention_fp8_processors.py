@@ -9,6 +9,9 @@ path: cross-attention (the 512 text tokens), and any call the kernel does not co
 context parallelism, Wan 2.1's image tokens), which goes through diffusers' dispatcher with the processor's
 `_attention_backend`. Nothing process-wide changes; other models keep their processors.
 
+Under diffusers' Ulysses sequence split (several GPUs) the processors make the head exchange themselves
+(ulysses_exchange.py) around the kernel; any other context parallelism (ring attention) takes the stock path.
+
 `implementation` picks what does the attention: 'triton' (the kernel, through the `reelsmith::fp8_attention`
 custom op, so torch.compile keeps the block in one graph) or 'reference' (the PyTorch twin of the same
 quantisation scheme: slow, for tests and CPU debugging).
@@ -21,6 +24,7 @@ from torch import nn
 
 from ..errors import BackendUnavailableError, InvalidInputError
 from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8_attention_reference
+from .ulysses_exchange import attend_across_ranks, can_exchange
 
 IMPLEMENTATIONS = ("triton", "reference")
 
@@ -50,8 +54,18 @@ class _Fp8SelfAttention:
         self.qk_dtype = qk_dtype
         self._op = _triton_attention_op() if implementation == "triton" else None
 
+    def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
+        """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""
+        return (encoder_hidden_states is not None or attention_mask is not None
+                or (self._parallel_config is not None and not can_exchange(self._parallel_config)))
+
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """[B, S, H, D] in, [B, S, H, D] out."""
+        """[B, S, H, D] in, [B, S, H, D] out (under a sequence split: this GPU's slice of S)."""
+        if self._parallel_config is not None:
+            return attend_across_ranks(query, key, value, self._attend_whole, self._parallel_config)
+        return self._attend_whole(query, key, value)
+
+    def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self._op is None:
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
         return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
@@ -70,8 +84,7 @@ def _processor_classes():
 
     class WanFp8SelfAttnProcessor(_Fp8SelfAttention, WanAttnProcessor):
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-            if (encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None
-                    or self._parallel_config is not None):
+            if self.stays_stock(encoder_hidden_states, attention_mask) or attn.add_k_proj is not None:
                 return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
             if getattr(attn, "fused_projections", False):
                 query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
@@ -87,7 +100,7 @@ def _processor_classes():
     class LTXFp8SelfAttnProcessor(_Fp8SelfAttention, LTXVideoAttnProcessor):
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                      image_rotary_emb=None):
-            if encoder_hidden_states is not None or attention_mask is not None or self._parallel_config is not None:
+            if self.stays_stock(encoder_hidden_states, attention_mask):
                 return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
             query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
             query, key = attn.norm_q(query), attn.norm_k(key)

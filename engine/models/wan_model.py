@@ -40,7 +40,7 @@ class WanLoadOptions:
     compile: str = "off"
     offload: str = "none"
     gpus: str = "1"               # "1", "2", "4", "8" or "all": more than one runs the experts in GPU workers
-    parallel: str = "sequence"    # how several GPUs split a step (engine/parallel/parallel_plan.py)
+    parallel: str = "auto"        # how several GPUs split a step (engine/parallel/parallel_plan.py)
 
 
 @dataclass
@@ -196,7 +196,7 @@ def load_wan_model(files: WanModelFiles, options: WanLoadOptions, device: torch.
     encoder and VAE stay here)."""
     device = device or host.torch_device()
     check_options(options, device)
-    plan = make_parallel_plan(options.gpus, options.parallel, offload=options.offload, attention=options.attention)
+    plan = make_parallel_plan(options.gpus, options.parallel, offload=options.offload)
     notes: list[str] = []
     if plan is None:
         variant, high, low = _load_local_experts(files, options, device, notes)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .parallel_plan import ParallelPlan
+from .parallel_plan import ParallelPlan, SplitLayout
 
 AUTHKEY_ENV = "REELSMITH_WORKER_AUTHKEY"  # the key reaches the worker by environment, never by argv (ps shows argv)
 
@@ -72,6 +72,7 @@ class ForwardDone:
     rank: int
     outputs: dict[str, torch.Tensor]  # branch -> velocity (CPU, model dtype); filled by group leaders only
     seconds: float = 0.0              # the forward itself on this rank (benchmarks: protocol overhead)
+    split: str = ""                   # the layout it ran in: "sequence", "cfg" or "sequence+cfg"
 
 
 @dataclass
@@ -122,13 +123,15 @@ class Stop:
 
 
 _CLASSES = {cls.__name__: cls for cls in (
-    ParallelPlan, ExpertFiles, WorkerSpec, Hello, ExpertInfo, Ready, ForwardDone, ForwardCancelled, WorkerError,
+    ParallelPlan, SplitLayout, ExpertFiles, WorkerSpec, Hello, ExpertInfo, Ready, ForwardDone, ForwardCancelled, WorkerError,
     Setup, Forward, Cancel, Stop)}
 _TAG = "__reelsmith_message__"
 
 
 def _to_plain(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if _CLASSES.get(type(value).__name__) is not type(value):  # the receiver could not rebuild it
+            raise TypeError(f"{type(value).__name__} is not a protocol message class (add it to _CLASSES)")
         fields = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return (_TAG, type(value).__name__, fields)
     if isinstance(value, dict):

@@ -13,30 +13,38 @@ import torch.distributed as dist
 
 from ..pipelines.wan_sampler import combine_guidance
 from .parallel_plan import BRANCHES, ParallelPlan
+from .sequence_split import SequenceSplitSwitch
 
 
 class RankGuidance:
-    def __init__(self, model, plan: ParallelPlan, rank: int):
+    """`split`: the model's sequence-split switch (None: the model is never split by sequence, as for the
+    CFG split on 2 GPUs)."""
+
+    def __init__(self, model, plan: ParallelPlan, rank: int, split: SequenceSplitSwitch | None = None):
         self.model = model
         self.plan = plan
         self.rank = rank
+        self.split = split
         self.activation_dtype = model.patch_embedding.weight.dtype
 
     def branch_outputs(self, hidden_states, timestep, prompt, negative, branches) -> dict[str, torch.Tensor]:
         """Every branch's output on every rank: each group runs its own, the group leaders broadcast."""
         embeds = {"cond": prompt, "uncond": negative}
         dtype = hidden_states.dtype
-        mine = self.plan.branches_for_group(self.plan.group_of(self.rank), branches)
+        layout = self.plan.layout_for(len(branches))
+        if self.split is not None:
+            self.split.use(layout)
+        mine = layout.branches_for_group(layout.group_of(self.rank), branches)
         outputs = {branch: self.model(hidden_states=hidden_states, timestep=timestep,
                                       encoder_hidden_states=embeds[branch].to(dtype), return_dict=False)[0]
                    for branch in mine}
-        if self.plan.cfg_groups > 1:
+        if layout.cfg_groups > 1:
             shape = (hidden_states.shape[0], self.model.config.out_channels, *hidden_states.shape[2:])
             for group, branch in enumerate(branches):
                 buffer = outputs.get(branch)
                 if buffer is None:
                     buffer = hidden_states.new_empty(shape)
-                dist.broadcast(buffer, src=self.plan.group_leaders()[group])
+                dist.broadcast(buffer, src=layout.group_leaders()[group])
                 outputs[branch] = buffer
         return outputs
 

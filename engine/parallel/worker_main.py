@@ -82,6 +82,10 @@ def main(argv=None) -> int:
             except (EOFError, OSError):
                 print(f"rank {args.rank}: control connection closed; exiting", flush=True)
                 os._exit(0)
+            except Exception:  # noqa: BLE001 - a message this worker cannot read: exit, the parent reports it
+                traceback.print_exc()
+                print(f"rank {args.rank}: unreadable message from the parent; exiting", flush=True)
+                os._exit(1)
             if isinstance(message, protocol.Cancel):
                 cancel.request(message.request_id)
             else:
@@ -103,7 +107,6 @@ def main(argv=None) -> int:
                                              notes=models.notes))
     print(f"rank {args.rank}: ready on {models.device_text()}", flush=True)
 
-    leader = setup.spec.plan.is_group_leader(args.rank)
     while True:
         message = inbox.get()
         if isinstance(message, protocol.Stop):
@@ -118,8 +121,10 @@ def main(argv=None) -> int:
                                      cancel, message.hold_before_block)
             models.synchronize()
             seconds = time.perf_counter() - started
+            layout = models.last_layout
             reply = protocol.ForwardDone(request_id, args.rank,
-                                         {k: v.cpu() for k, v in outputs.items()} if leader else {}, seconds)
+                                         {k: v.cpu() for k, v in outputs.items()} if layout.is_group_leader(args.rank)
+                                         else {}, seconds, layout.name)
         except ForwardCancelled as cancelled:
             reply = protocol.ForwardCancelled(request_id, args.rank, cancelled.blocks_done)
         except Exception as error:  # noqa: BLE001 - reported; the parent tears the pool down

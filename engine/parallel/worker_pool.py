@@ -20,6 +20,7 @@ with Cancel and failure handling, stop without leaving a process behind.
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
 import logging
 import os
@@ -118,6 +119,7 @@ class WorkerPool:
         self.closed = False
         self.last_cancel: dict[int, int] = {}  # rank -> blocks run before the last cancelled forward stopped
         self.last_forward_seconds = 0.0          # the slowest rank's own forward time, last request
+        self.splits_used: collections.Counter = collections.Counter()  # forwards per layout the workers ran
         # the finalizer holds the lists, not the pool: it stops the workers when the pool is collected
         self._finalizer = weakref.finalize(self, _terminate, self.processes, self.connections, str(self.folder),
                                            self.pool_id)
@@ -297,6 +299,7 @@ class WorkerPool:
         for reply in replies:
             outputs.update(reply.outputs)
         self.last_forward_seconds = max(reply.seconds for reply in replies)
+        self.splits_used[replies[0].split] += 1
         return outputs
 
     # ------------------------------------------------------------ stop

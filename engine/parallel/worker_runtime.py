@@ -8,7 +8,6 @@ The model code (diffusers) is imported when an expert is loaded, so a pool witho
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -16,20 +15,29 @@ import torch
 import torch.distributed as dist
 
 from .cancel_blocks import ForwardCancelled, agree_to_stop, make_blocks_cancellable
-from .parallel_plan import ParallelPlan
+from .parallel_plan import ParallelPlan, SplitLayout
 from .protocol import ExpertInfo, WorkerSpec
+from .sequence_split import SequenceSplitSwitch
+
+
+@dataclass
+class LayoutGroups:
+    cancel_group: object | None      # gloo group of the ranks that share a forward (None: a group of one)
+    mesh: object | None              # device mesh for context parallelism (None: no sequence split)
 
 
 @dataclass
 class RankGroups:
     device: torch.device
-    cancel_group: object | None      # gloo group of the ranks that share a forward (None: a group of one)
-    mesh: object | None              # device mesh for context parallelism (None: no sequence split)
+    layouts: dict[SplitLayout, LayoutGroups]   # this rank's groups in every layout the plan may use
+
+    def meshes(self) -> dict[SplitLayout, object]:
+        return {layout: groups.mesh for layout, groups in self.layouts.items() if groups.mesh is not None}
 
 
 def init_rank(plan: ParallelPlan, rank: int, init_method: str | None) -> RankGroups:
     """Join the process group (MASTER 127.0.0.1 through `init_method`, or torchrun's environment when None)
-    and build the groups every rank must create in the same order."""
+    and build the groups of every layout of the plan; every rank creates them in the same order."""
     if plan.device_type == "cuda":
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
@@ -39,41 +47,23 @@ def init_rank(plan: ParallelPlan, rank: int, init_method: str | None) -> RankGro
     if not dist.is_initialized():
         dist.init_process_group(plan.backend, init_method=init_method, rank=rank, world_size=plan.world_size,
                                 **kwargs)
-    cancel_groups = []
-    for group in range(plan.cfg_groups):
-        ranks = list(range(group * plan.ulysses_degree, (group + 1) * plan.ulysses_degree))
-        cancel_groups.append(dist.new_group(ranks=ranks, backend="gloo") if len(ranks) > 1 else None)
-    mesh = None
-    if plan.ulysses_degree > 1:
-        from torch.distributed.device_mesh import init_device_mesh
-        if plan.cfg_groups == 1:
-            mesh = init_device_mesh(plan.device_type, (1, plan.ulysses_degree), mesh_dim_names=("ring", "ulysses"))
-        else:  # diffusers takes the (ring, ulysses) sub-mesh of this rank's CFG group
-            mesh = init_device_mesh(plan.device_type, (plan.cfg_groups, 1, plan.ulysses_degree),
-                                    mesh_dim_names=("cfg", "ring", "ulysses"))
-    return RankGroups(device=device, cancel_group=cancel_groups[plan.group_of(rank)], mesh=mesh)
-
-
-@contextlib.contextmanager
-def _cpu_device_count_shim(plan: ParallelPlan):
-    """diffusers picks the rank's device as `rank % torch.accelerator.device_count()`, which divides by zero on
-    a CPU-only machine (the CPU test switch). Only there, the count reads 1 while parallelism is enabled."""
-    if plan.device_type != "cpu":
-        yield
-        return
-    original = torch.accelerator.device_count
-    torch.accelerator.device_count = lambda: 1
-    try:
-        yield
-    finally:
-        torch.accelerator.device_count = original
-
-
-def enable_sequence_split(model, plan: ParallelPlan, mesh) -> None:
-    """diffusers' Ulysses context parallelism on `model` (Wan's own `_cp_plan`), on this rank's group mesh."""
-    from diffusers import ContextParallelConfig
-    with _cpu_device_count_shim(plan):
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=plan.ulysses_degree, mesh=mesh))
+    layouts = {}
+    for layout in plan.layouts:
+        cancel_groups = []
+        for group in range(layout.cfg_groups):
+            ranks = layout.group_ranks(group)
+            cancel_groups.append(dist.new_group(ranks=ranks, backend="gloo") if len(ranks) > 1 else None)
+        mesh = None
+        if layout.ulysses_degree > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+            if layout.cfg_groups == 1:
+                mesh = init_device_mesh(plan.device_type, (1, layout.ulysses_degree),
+                                        mesh_dim_names=("ring", "ulysses"))
+            else:  # diffusers takes the (ring, ulysses) sub-mesh of this rank's CFG group
+                mesh = init_device_mesh(plan.device_type, (layout.cfg_groups, 1, layout.ulysses_degree),
+                                        mesh_dim_names=("cfg", "ring", "ulysses"))
+        layouts[layout] = LayoutGroups(cancel_group=cancel_groups[layout.group_of(rank)], mesh=mesh)
+    return RankGroups(device=device, layouts=layouts)
 
 
 def activation_dtype(model) -> torch.dtype:
@@ -120,6 +110,9 @@ class RankModels:
         self.models: dict[str, torch.nn.Module] = {}
         self.infos: dict[str, ExpertInfo] = {}
         self.patchers: dict = {}  # expert -> WanLoraPatcher
+        self.splits: dict[str, SequenceSplitSwitch] = {}
+        self._cancel_group = None
+        self.last_layout: SplitLayout | None = None   # the layout of the last forward
         self.notes: list[str] = []
         self.test_hooks = test_hooks
         self._embeds_key: int | None = None
@@ -144,20 +137,19 @@ class RankModels:
         self.notes += notes
         model = loaded.model
         model.to(self.device)
-        # under a sequence split 'auto' stays off the FP8 kernel (parallel_plan refuses an explicit 'fp8' there)
-        backend = attention.apply_attention_backend(model, self.spec.attention, self.device,
-                                                    auto_fp8=self.plan.ulysses_degree == 1)
+        backend = attention.apply_attention_backend(model, self.spec.attention, self.device)
         self.notes += attention.auto_choice_notes(self.spec.attention, backend)
-        if self.plan.ulysses_degree > 1:
-            enable_sequence_split(model, self.plan, self.groups.mesh)
+        split = SequenceSplitSwitch(model, self.plan.device_type, self.groups.meshes())
+        split.use(self.plan.guided)
+        self.splits[files.name] = split
         blocks = make_blocks_cancellable(model)
         blocks.before_block = self._before_block
         # compile last, so the traced blocks are the final ones (as compile.py asks)
-        if self.spec.compile != "off" and self.plan.world_size > 1:
+        if self.spec.compile != "off" and self.plan.splits_sequence:
             # measured on 2 H200s (torch 2.11, diffusers 0.42.1): dynamo fails to trace the blocks under the
-            # several-GPU hooks, so the workers run eager rather than crash
-            self.notes.append(f"compile '{self.spec.compile}' is not used with several GPUs (torch.compile fails on "
-                              "the context-parallel blocks with this torch); the workers run without it.")
+            # sequence split's hooks, so the workers run eager rather than crash
+            self.notes.append(f"compile '{self.spec.compile}' is not used with a sequence split (torch.compile fails "
+                              "on the context-parallel blocks with this torch); the workers run without it.")
         else:
             self.notes += compile_options.apply_compile(model, self.spec.compile)
         self.models[files.name] = model
@@ -182,7 +174,7 @@ class RankModels:
             return
         if self._hold is not None and index == self._hold:
             self._cancel.event.wait(30)  # TEST ONLY: a deterministic "cancel arrives mid-forward"
-        if agree_to_stop(self._cancel.is_set(), self.groups.cancel_group):
+        if agree_to_stop(self._cancel.is_set(), self._cancel_group):
             raise ForwardCancelled(self._blocks_done + index)
 
     def set_embeds(self, key: int, embeds: dict[str, torch.Tensor] | None) -> None:
@@ -201,11 +193,16 @@ class RankModels:
     def forward(self, expert: str, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 branches: tuple[str, ...], cancel: CancelState | None = None,
                 hold_before_block: int | None = None) -> dict[str, torch.Tensor]:
-        """Run the passes of `branches` this rank's CFG group owns; returns branch -> output on the device
-        (every rank of a group holds the whole output: the sequence split gathers it at the end)."""
+        """Run the passes of `branches` this rank's CFG group owns, in the plan's layout for that many passes;
+        returns branch -> output on the device (every rank of a group holds the whole output: the sequence
+        split gathers it at the end)."""
         model = self.models[expert]
         dtype = self.infos[expert].activation_dtype
-        mine = self.plan.branches_for_group(self.plan.group_of(self.rank), branches)
+        layout = self.plan.layout_for(len(branches))
+        self.splits[expert].use(layout)
+        self.last_layout = layout
+        self._cancel_group = self.groups.layouts[layout].cancel_group
+        mine = layout.branches_for_group(layout.group_of(self.rank), branches)
         self._cancel = cancel
         self._hold = hold_before_block if self.test_hooks else None
         self._blocks_done = 0

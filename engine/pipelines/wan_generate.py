@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import host
 from ..errors import InvalidInputError, OutOfMemoryError
-from ..parallel.parallel_plan import check_request_split
+from ..parallel.parallel_plan import check_request_split, passes_per_step
 from .wan_sampler import WanSampleRequest, decode_wan_latents, sample_wan
 from .wan_validation import check_wan_size
 
@@ -104,7 +104,8 @@ def generate_wan_video(
 
     use_cfg = cfg_high != 1.0 or (model.low is not None and cfg_low != 1.0)
     check_request_split(getattr(model, "parallel_plan", None), width=width, height=height, frames=frames,
-                        size_multiple=variant.size_multiple, uses_cfg=use_cfg)
+                        size_multiple=variant.size_multiple,
+                        passes=passes_per_step(cfg_high, cfg_low if model.low is not None else None))
     if positive_embeds is None:
         positive_embeds, encoded_negative = model.encode_text(prompt, negative_prompt if use_cfg else None)
         if negative_embeds is None:
