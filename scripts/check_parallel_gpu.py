@@ -216,7 +216,7 @@ def rank_phase(args) -> int:
         backend = attention.apply_attention_backend(model, attention_name, device)
         split = SequenceSplitSwitch(model, device.type, groups.meshes())
         if compiled:
-            notes += compile_options.apply_compile(model, compile_mode)
+            notes += compile_options.apply_compile(model, compile_mode, context_parallel=True)
         return model, split, backend, notes
 
     def release() -> None:

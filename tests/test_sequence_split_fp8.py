@@ -1,7 +1,11 @@
 """FP8 attention under the sequence split, on 2 CPU processes over gloo: our processors make the Ulysses head
 exchange themselves (ulysses_exchange.py), so a tiny Wan split by sequence over two ranks gives the one-process
 FP8 output (the reference implementation of the kernel's scheme: the same quantisation, in PyTorch). The split
-switch takes the split off and puts it back (what `auto` does between steps with and without CFG)."""
+switch takes the split off and puts it back (what `auto` does between steps with and without CFG).
+
+The same with regional compile as the workers apply it (`context_parallel=True`; dynamo's aot_eager backend,
+which traces as inductor does without generating code): the blocks trace under the split, the exchange's
+functional collectives included, and give the eager output."""
 
 import socket
 
@@ -40,13 +44,13 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _rank(rank, port, results):
+def _rank(rank, port, compiled, results):
     """One rank: the FP8 model split by sequence, then unsplit, then split again; counts the head exchanges."""
     import os
 
     import torch.distributed as dist
 
-    from reelsmith.engine.models import ulysses_exchange
+    from reelsmith.engine.models import compile as compile_options, ulysses_exchange
     from reelsmith.engine.parallel.parallel_plan import SplitLayout, make_parallel_plan
     from reelsmith.engine.parallel.sequence_split import SequenceSplitSwitch
     from reelsmith.engine.parallel.worker_runtime import init_rank
@@ -62,6 +66,8 @@ def _rank(rank, port, results):
     model = tiny_wan()
     apply_attention_backend(model, "fp8", fp8_options=REFERENCE)
     split = SequenceSplitSwitch(model, "cpu", groups.meshes())
+    if compiled:
+        compile_options.apply_compile(model, "regional", backend="aot_eager", context_parallel=True)
     split.use(plan.guided)
     first = run_wan(model)
     split_exchanges = len(exchanges)
@@ -70,28 +76,37 @@ def _rank(rank, port, results):
     unsplit_exchanges = len(exchanges) - split_exchanges
     split.use(plan.guided)
     again = run_wan(model)
+    from torch._dynamo.utils import counters
     results[rank] = {"split": first, "unsplit": unsplit, "again": again,
-                     "exchanges": (split_exchanges, unsplit_exchanges)}
+                     "exchanges": (split_exchanges, unsplit_exchanges),
+                     "compiled_blocks": sum(compile_options.is_compiled(b) for b in model.blocks),
+                     "graphs": counters["stats"]["unique_graphs"]}
     dist.barrier()
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def two_rank_outputs():
+@pytest.fixture(scope="module", params=[False, True], ids=["eager", "compiled"])
+def two_rank_outputs(request):
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), results), nprocs=2, join=True)
-        return dict(results)
+        mp.spawn(_rank, args=(_free_port(), request.param, results), nprocs=2, join=True)
+        return request.param, dict(results)
 
 
 def test_fp8_under_the_sequence_split_equals_one_process(two_rank_outputs):
+    compiled, two_rank_outputs = two_rank_outputs
     expected = run_wan(apply_fp8(tiny_wan()))
     exact = run_wan(tiny_wan())
     assert not torch.equal(expected, exact)  # the quantised attention really is what is compared
     for rank in (0, 1):
         out = two_rank_outputs[rank]
         # 2 self-attention layers x (q, k, v in + the output back) = 8 exchanges, none once the split is off
-        assert out["exchanges"] == (8, 0)
+        # (compiled: dynamo runs the exchange while tracing, then the graphs run it without calling Python)
+        assert out["exchanges"][1] == 0 and (compiled or out["exchanges"][0] == 8)
+        if compiled:  # both blocks compiled, and graphs were built for them (the first block's in two pieces)
+            assert out["compiled_blocks"] == 2 and out["graphs"] >= 3
+        else:
+            assert out["compiled_blocks"] == 0
         for name in ("split", "unsplit", "again"):
             got = out[name]
             assert got.shape == expected.shape

@@ -10,6 +10,8 @@ The compiled blocks are traced at their first call. Call `apply_compile` after `
 
 from __future__ import annotations
 
+import fnmatch
+
 from torch import nn
 
 from ..errors import InvalidInputError
@@ -42,16 +44,28 @@ def _uses_graph_breaking_attention(block: nn.Module) -> bool:
     return False
 
 
+def _context_parallel_hooked(model: nn.Module) -> set[str]:
+    """Names of the modules diffusers' context parallelism hooks (its `_cp_plan` keys; 'blocks.*' style)."""
+    patterns = [key for key in (getattr(model, "_cp_plan", None) or {}) if key]
+    return {name for name, _ in model.named_modules() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+
+
 def is_compiled(block: nn.Module) -> bool:
     return getattr(block, "_compiled_call_impl", None) is not None
 
 
-def apply_compile(model: nn.Module, mode: str, *, fullgraph: bool | None = None, backend: str = "inductor") -> list[str]:
+def apply_compile(model: nn.Module, mode: str, *, fullgraph: bool | None = None, backend: str = "inductor",
+                  context_parallel: bool = False) -> list[str]:
     """Compile `model` in place as `mode` says; returns notes.
 
     `fullgraph=None` chooses: True (one graph per block, no silent graph breaks) unless the blocks carry
     group-offload hooks (their weight transfers run outside the graph) or use SageAttention /
     FlashAttention-3 (opaque kernels), where graph breaks are expected and fullgraph would fail.
+
+    `context_parallel`: the model runs (or will run) under diffusers' context parallelism, the sequence split
+    of several GPUs. The blocks its `_cp_plan` hooks (Wan: the first, whose input it splits by token) call a
+    Python pre-hook that dynamo cannot trace (it inspects the forward's signature): those are compiled without
+    fullgraph, one graph break at the hook; every other block keeps one graph.
     """
     if mode not in COMPILE_MODES:
         raise InvalidInputError(f"Unknown compile mode '{mode}'. Choose one of: {', '.join(COMPILE_MODES)}.")
@@ -72,6 +86,9 @@ def apply_compile(model: nn.Module, mode: str, *, fullgraph: bool | None = None,
                 "regional compile: block offloading or the attention kernel split each block's graph; "
                 "compiled without fullgraph."
             )
-    for block in blocks:
-        block.compile(fullgraph=fullgraph, backend=backend)
+    hooked = _context_parallel_hooked(model) if context_parallel else set()
+    chosen = {id(block) for block in blocks}
+    for name, block in model.named_modules():
+        if id(block) in chosen:
+            block.compile(fullgraph=fullgraph and name not in hooked, backend=backend)
     return notes

@@ -145,13 +145,7 @@ class RankModels:
         blocks = make_blocks_cancellable(model)
         blocks.before_block = self._before_block
         # compile last, so the traced blocks are the final ones (as compile.py asks)
-        if self.spec.compile != "off" and self.plan.splits_sequence:
-            # measured on 2 H200s (torch 2.11, diffusers 0.42.1): dynamo fails to trace the blocks under the
-            # sequence split's hooks, so the workers run eager rather than crash
-            self.notes.append(f"compile '{self.spec.compile}' is not used with a sequence split (torch.compile fails "
-                              "on the context-parallel blocks with this torch); the workers run without it.")
-        else:
-            self.notes += compile_options.apply_compile(model, self.spec.compile)
+        self.notes += compile_options.apply_compile(model, self.spec.compile, context_parallel=self.plan.splits_sequence)
         self.models[files.name] = model
         self.patchers[files.name] = WanLoraPatcher()
         config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
