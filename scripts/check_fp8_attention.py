@@ -219,6 +219,9 @@ def check_kernels(args) -> list[dict]:
                     best = getattr(attention_fp8._autotuned(), "best_config", None)
                     rows[-1]["autotune_choice"] = str(best)
                     print(f"    autotune chose {best}", flush=True)
+        if not args.tiny:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
+            from reelsmith.engine.models.attention_fp8_cudnn import cudnn_fp8_attention
+            record("cudnn fp8 (frontend sdpa_fp8)", lambda: cudnn_fp8_attention(q, k, v))
         del q, k, v, exact, bhsd
         gc.collect()
         if device.type == "cuda":
@@ -238,7 +241,7 @@ def check_forward(args) -> list[dict]:
     device = torch.device("cuda")
     model, notes, _ = build_ours(Workload("wan", "t2v-a14b", args.size[0], args.frames), args.precision, "cudnn",
                                  args.compile, device)
-    fp8_options = {"config": args.config, "qk_dtype": args.qk_dtype[0]}
+    fp8_options = {"config": args.config, "qk_dtype": args.qk_dtype[0], "implementation": args.implementation}
     rows = []
     for size in args.size:
         generator = torch.Generator(device=device).manual_seed(0)
@@ -253,7 +256,8 @@ def check_forward(args) -> list[dict]:
                              return_dict=False)[0]
 
         row = {"mode": "forward", "variant": "t2v-a14b", "size": size, "frames": args.frames,
-               "precision": args.precision, "compile": args.compile, "fp8_config": args.config, "qk_dtype": args.qk_dtype[0]}
+               "precision": args.precision, "compile": args.compile, "fp8_config": args.config, "qk_dtype": args.qk_dtype[0],
+               "implementation": args.implementation}
         try:
             attention.apply_attention_backend(model, "cudnn", device)
             reference = forward()
@@ -340,6 +344,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
+    parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn"],
+                        help="the forward's fp8 implementation: our Triton kernel or cuDNN's FP8 attention")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)
     parser.add_argument("--sample-steps", type=int, default=0,

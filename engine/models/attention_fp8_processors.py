@@ -26,7 +26,7 @@ from ..errors import BackendUnavailableError, InvalidInputError
 from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8_attention_reference
 from .ulysses_exchange import attend_across_ranks, can_exchange
 
-IMPLEMENTATIONS = ("triton", "reference")
+IMPLEMENTATIONS = ("triton", "cudnn", "reference")
 
 
 def _triton_attention_op():
@@ -37,6 +37,15 @@ def _triton_attention_op():
             f"FP8 attention needs Triton ({error}); it comes with PyTorch's CUDA wheels on Linux "
             "(`pip install triton` otherwise). Choose the 'cudnn' or 'sdpa' attention backend.") from error
     return fp8_attention_op
+
+
+def _cudnn_attention_op():
+    from .attention_fp8_cudnn import cudnn_fp8_attention_op, cudnn_frontend_missing
+    missing = cudnn_frontend_missing()
+    if missing is not None:
+        raise BackendUnavailableError(f"FP8 attention implementation 'cudnn' cannot run: {missing}. Choose the "
+                                      "implementation 'triton'.")
+    return cudnn_fp8_attention_op
 
 
 class _Fp8SelfAttention:
@@ -52,7 +61,7 @@ class _Fp8SelfAttention:
         self.implementation = implementation
         self.config = config
         self.qk_dtype = qk_dtype
-        self._op = _triton_attention_op() if implementation == "triton" else None
+        self._op = {"triton": _triton_attention_op, "cudnn": _cudnn_attention_op}.get(implementation, lambda: None)()
 
     def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
         """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""
@@ -66,8 +75,10 @@ class _Fp8SelfAttention:
         return self._attend_whole(query, key, value)
 
     def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        if self._op is None:
+        if self.implementation == "reference":
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
+        if self.implementation == "cudnn":
+            return self._op(query, key, value)
         return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
 
 
