@@ -90,11 +90,16 @@ def _build(shape: tuple[int, int, int, int], device: torch.device, fp8_out: bool
 
 
 def _graph_for(shape: tuple[int, int, int, int], device: torch.device) -> _Graph:
-    """The graph of `shape`: bf16 output where cuDNN offers it (Blackwell), else FP8 output (Hopper)."""
+    """The graph of `shape`: bf16 output where cuDNN offers it (Blackwell), else FP8 output (Hopper). Whether
+    cuDNN's FP8 attention can run here is checked once, before the first graph is built."""
     key = (device.index, shape)
     with _lock:
         found = _graphs.get(key)
         if found is None:
+            missing = cudnn_frontend_missing()
+            if missing is not None:
+                raise BackendUnavailableError(f"cuDNN FP8 attention cannot run: {missing}. Choose the fp8 "
+                                              "implementation 'triton', or the 'cudnn' attention backend.")
             try:
                 found = _build(shape, device, fp8_out=False)
             except Exception:  # noqa: BLE001 - cuDNN refuses bf16 output on this GPU: FP8 output, rescaled below
@@ -120,8 +125,9 @@ class Fp8Inputs:
 def quantise_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8_out: bool) -> Fp8Inputs:
     """Smooth K and V, quantise per tensor to e4m3 (on the GPU: no host synchronisation)."""
     unit = torch.ones((1, 1, 1, 1), device=q.device, dtype=torch.float32)
-    k = k - k.float().mean(dim=1, keepdim=True).to(k.dtype)          # K smoothing: exact for softmax
-    v_mean = v.float().mean(dim=1, keepdim=True)
+    # means accumulate in fp32 without an fp32 copy of the (large) tensors
+    k = k - k.mean(dim=1, keepdim=True, dtype=torch.float32).to(k.dtype)   # K smoothing: exact for softmax
+    v_mean = v.mean(dim=1, keepdim=True, dtype=torch.float32)
     v = v - v_mean.to(v.dtype)                                       # V smoothing: the mean is added back
     v_amax = v.abs().amax()
     q8, descale_q = _to_e4m3(q.contiguous(), q.abs().amax())
@@ -140,16 +146,12 @@ def dequantise_output(out: torch.Tensor, inputs: Fp8Inputs, dtype: torch.dtype) 
 def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal self-attention of [B, S, H, D] q, k, v (one shape, head dim a multiple of 16) -> [B, S, H, D]
     in q's dtype."""
-    missing = cudnn_frontend_missing()
-    if missing is not None:
-        raise BackendUnavailableError(f"cuDNN FP8 attention cannot run: {missing}. Choose the fp8 "
-                                      "implementation 'triton', or the 'cudnn' attention backend.")
     if q.shape != k.shape or q.shape != v.shape or q.shape[-1] % 16:
         raise ValueError(f"cuDNN FP8 attention takes q, k, v of one shape with head dim a multiple of 16; got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    import cudnn
     device = q.device
-    plan = _graph_for(tuple(q.shape), device)
+    plan = _graph_for(tuple(q.shape), device)  # raises first where cuDNN's FP8 attention cannot run
+    import cudnn
     inputs = quantise_inputs(q, k, v, plan.fp8_out)
     out = torch.empty(q.shape, device=device, dtype=torch.float8_e4m3fn if plan.fp8_out else torch.bfloat16)
     amax_s = torch.empty((1, 1, 1, 1), device=device, dtype=torch.float32)

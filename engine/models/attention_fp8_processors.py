@@ -13,7 +13,8 @@ Under diffusers' Ulysses sequence split (several GPUs) the processors make the h
 (ulysses_exchange.py) around the kernel; any other context parallelism (ring attention) takes the stock path.
 
 `implementation` picks what does the attention: 'triton' (the kernel, through the `reelsmith::fp8_attention`
-custom op, so torch.compile keeps the block in one graph) or 'reference' (the PyTorch twin of the same
+custom op, so torch.compile keeps the block in one graph), 'cudnn' (cuDNN's fused FP8 attention with the same
+smoothing, attention_fp8_cudnn.py; not yet timed on a GPU) or 'reference' (the PyTorch twin of our kernel's
 quantisation scheme: slow, for tests and CPU debugging).
 """
 
@@ -61,7 +62,11 @@ class _Fp8SelfAttention:
         self.implementation = implementation
         self.config = config
         self.qk_dtype = qk_dtype
-        self._op = {"triton": _triton_attention_op, "cudnn": _cudnn_attention_op}.get(implementation, lambda: None)()
+        self._op = None  # 'reference' calls the PyTorch twin directly
+        if implementation == "triton":
+            self._op = _triton_attention_op()
+        elif implementation == "cudnn":
+            self._op = _cudnn_attention_op()
 
     def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
         """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""

@@ -228,8 +228,8 @@ def check_request_split(plan: ParallelPlan | None, *, width: int, height: int, f
             f"parallel '{plan.mode}' runs the conditional and unconditional passes on different GPUs, but with "
             "CFG 1 there is only one pass: nothing to split, half the GPUs would idle. Set the loader's parallel "
             "to 'auto' or 'sequence' for CFG 1 (e.g. with a distillation LoRA), or raise CFG above 1.")
+    tokens = wan_token_count(width, height, frames, size_multiple)
     for degree in sorted({plan.layout_for(count).ulysses_degree for count in passes}):
-        tokens = wan_token_count(width, height, frames, size_multiple)
         if degree == 1 or tokens % degree == 0:
             continue
         latent_frames = (frames - 1) // 4 + 1

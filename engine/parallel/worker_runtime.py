@@ -111,7 +111,6 @@ class RankModels:
         self.infos: dict[str, ExpertInfo] = {}
         self.patchers: dict = {}  # expert -> WanLoraPatcher
         self.splits: dict[str, SequenceSplitSwitch] = {}
-        self._cancel_group = None
         self.last_layout: SplitLayout | None = None   # the layout of the last forward
         self.notes: list[str] = []
         self.test_hooks = test_hooks
@@ -168,7 +167,7 @@ class RankModels:
             return
         if self._hold is not None and index == self._hold:
             self._cancel.event.wait(30)  # TEST ONLY: a deterministic "cancel arrives mid-forward"
-        if agree_to_stop(self._cancel.is_set(), self._cancel_group):
+        if agree_to_stop(self._cancel.is_set(), self.groups.layouts[self.last_layout].cancel_group):
             raise ForwardCancelled(self._blocks_done + index)
 
     def set_embeds(self, key: int, embeds: dict[str, torch.Tensor] | None) -> None:
@@ -195,7 +194,6 @@ class RankModels:
         layout = self.plan.layout_for(len(branches))
         self.splits[expert].use(layout)
         self.last_layout = layout
-        self._cancel_group = self.groups.layouts[layout].cancel_group
         mine = layout.branches_for_group(layout.group_of(self.rank), branches)
         self._cancel = cancel
         self._hold = hold_before_block if self.test_hooks else None

@@ -102,10 +102,10 @@ def generate_wan_video(
     if end_image is not None and variant.name == "ti2v-5b":
         raise InvalidInputError("TI2V-5B takes a start image only; disconnect end_image or use Wan 2.2 I2V A14B.")
 
-    use_cfg = cfg_high != 1.0 or (model.low is not None and cfg_low != 1.0)
+    passes = passes_per_step(cfg_high, cfg_low if model.low is not None else None)
+    use_cfg = 2 in passes
     check_request_split(getattr(model, "parallel_plan", None), width=width, height=height, frames=frames,
-                        size_multiple=variant.size_multiple,
-                        passes=passes_per_step(cfg_high, cfg_low if model.low is not None else None))
+                        size_multiple=variant.size_multiple, passes=passes)
     if positive_embeds is None:
         positive_embeds, encoded_negative = model.encode_text(prompt, negative_prompt if use_cfg else None)
         if negative_embeds is None:
