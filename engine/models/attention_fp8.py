@@ -47,18 +47,25 @@ class Fp8AttentionConfig:
     # 'pointer': plain tl.load of computed addresses; 'tma': tensor descriptors (Hopper's TMA engine loads
     # the blocks into shared memory, freeing registers and threads)
     loads: str = "pointer"
+    # '-pipe': the next key block's Q.K^T is issued before this block's softmax, so the tensor cores work on it
+    # while the CUDA cores do the softmax (FlashAttention-3's intra-warpgroup overlap, written as source order)
+    pipelined: bool = False
+    # '-poly': half of each score tile's exp2 runs as a polynomial on the FMA units instead of the special
+    # function unit, which does 16 exp2 per clock per multiprocessor: as many clocks as the two MMAs take
+    poly_exp2: bool = False
 
     @property
     def name(self) -> str:
         promote = "" if self.pv_promote == self.block_n else ("-fastacc" if self.pv_promote == 0 else
                                                               f"-acc{self.pv_promote}")
         loads = "" if self.loads == "pointer" else f"-{self.loads}"
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}"
+        extras = ("-pipe" if self.pipelined else "") + ("-poly" if self.poly_exp2 else "")
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{extras}"
 
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
-    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads)
-               for m, n, w, s, promote, loads in specs]
+    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *extras)
+               for m, n, w, s, promote, loads, *extras in specs]
     return {c.name: c for c in configs}
 
 
@@ -74,6 +81,11 @@ FP8_ATTENTION_CONFIGS = _configs(
     (64, 64, 4, 4, 0, "tma"),
     (64, 64, 4, 3, None, "pointer"),
     (128, 64, 8, 3, 0, "pointer"),
+    (64, 128, 4, 3, 0, "tma", True, False),
+    (64, 128, 4, 3, 0, "tma", False, True),
+    (64, 128, 4, 3, 0, "tma", True, True),
+    (128, 128, 8, 3, 0, "tma", True, False),
+    (128, 128, 8, 3, 0, "tma", True, True),
 )
 # The sweep on an H100 (scripts/check_fp8_attention.py, INT8 Q.K, K and V smoothed, 2026-11-22), per layer:
 # Wan 720p 142 ms (cuDNN bf16 204 ms), Wan 480p 27.1 ms (38.2), LTX 13B 3.03 ms (3.48), LTX 2B (head dim 64)
@@ -95,30 +107,74 @@ INT_AS_FLOAT_BITS = tl.constexpr(0x4B400000)
 INT_AS_FLOAT_OFFSET = tl.constexpr(12582912.0)  # 1.5 * 2**23
 
 
+# 2**f on [-0.5, 0.5] to 7.5e-5 relative (a relative-error minimax fit; P is then rounded to e4m3's 3
+# mantissa bits, and the row sum's error averages out)
+EXP2_C0 = tl.constexpr(0.9999280571937561)
+EXP2_C1 = tl.constexpr(0.6932609677314758)
+EXP2_C2 = tl.constexpr(0.24261115491390228)
+EXP2_C3 = tl.constexpr(0.0551716685295105)
+
+
 @triton.jit
-def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base, start_n, S, S_pad, bh,
-                  offs_n, offs_d, D: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
-                  PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr,
-                  MASK_TAIL: tl.constexpr):
-    # K [BLOCK_N, D] with D contiguous (K-major for Q.K^T); V^T [D, BLOCK_N] with tokens contiguous (K-major
-    # for P.V: Hopper's FP8 MMA wants both operands K-major)
+def _exp2_poly(x):
+    """exp2 on the FMA units: x = n + f with n an integer (by the 1.5 * 2**23 rounding trick) and |f| <= 0.5,
+    2**f by a cubic, and n added to the result's exponent bits. Below -126 the result is 2**-126 (P is zero
+    there after the e4m3 rounding either way); -inf (a masked score) becomes that too."""
+    x = tl.maximum(x, -126.0)
+    shifted = x + INT_AS_FLOAT_OFFSET  # the integer nearest x sits in the low mantissa bits
+    f = x - (shifted - INT_AS_FLOAT_OFFSET)
+    poly = ((EXP2_C3 * f + EXP2_C2) * f + EXP2_C1) * f + EXP2_C0
+    bits = poly.to(tl.int32, bitcast=True) + (shifted.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POLY_EXP2: tl.constexpr):
+    """exp2 of a score tile; with POLY_EXP2 every other column runs `_exp2_poly`, so the special function
+    unit and the FMA units share the work."""
+    if POLY_EXP2:
+        hardware, emulated = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
+        return tl.reshape(tl.join(tl.math.exp2(hardware), _exp2_poly(emulated)), [BLOCK_M, BLOCK_N])
+    return tl.math.exp2(x)
+
+
+@triton.jit
+def _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D: tl.constexpr, USE_TMA: tl.constexpr):
+    """K [BLOCK_N, D] with D contiguous (K-major for Q.K^T)."""
     if USE_TMA:
-        k = k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
-        v = v_src.load([(bh * D).to(tl.int32), start_n])
-    else:
-        cols = start_n + offs_n
-        k = tl.load(k_src + bh * S_pad * D + cols[:, None] * D + offs_d[None, :])
-        v = tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + cols[None, :])
+        return k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
+    return tl.load(k_src + bh * S_pad * D + (start_n + offs_n)[:, None] * D + offs_d[None, :])
+
+
+@triton.jit
+def _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D: tl.constexpr, USE_TMA: tl.constexpr):
+    """V^T [D, BLOCK_N] with tokens contiguous (K-major for P.V: Hopper's FP8 MMA wants both operands
+    K-major)."""
+    if USE_TMA:
+        return v_src.load([(bh * D).to(tl.int32), start_n])
+    return tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + (start_n + offs_n)[None, :])
+
+
+@triton.jit
+def _scores(q, k, QK_INT8: tl.constexpr):
+    """Q.K^T of one key block as fp32, plus `INT_AS_FLOAT_OFFSET` on the INT8 path (see there)."""
+    if QK_INT8:
+        qk_int = tl.dot(q, tl.trans(k), out_dtype=tl.int32)  # |qk_int| <= 127 * 127 * 128 < 2**22
+        return (qk_int + INT_AS_FLOAT_BITS).to(tl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + qk_int
+    return tl.dot(q, tl.trans(k))
+
+
+@triton.jit
+def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S, offs_n,
+                K_GROUP: tl.constexpr, QK_INT8: tl.constexpr, PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr,
+                MASK_TAIL: tl.constexpr, POLY_EXP2: tl.constexpr):
+    """The online-softmax update of one key block's scores `qk` and its P.V product."""
+    BLOCK_M: tl.constexpr = qk.shape[0]
+    BLOCK_N: tl.constexpr = qk.shape[1]
     # one K scale for the whole block (K_GROUP is a multiple of BLOCK_N): with Q's per-row scale it makes one
     # factor per row, so each score costs a single multiply-add before its exp2
     row_factor = q_scales * tl.load(k_scales_base + start_n // K_GROUP)
-    if QK_INT8:
-        qk_int = tl.dot(q, tl.trans(k), out_dtype=tl.int32)  # |qk_int| <= 127 * 127 * 128 < 2**22
-        qk = (qk_int + INT_AS_FLOAT_BITS).to(tl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + qk_int
-        offset = INT_AS_FLOAT_OFFSET
-    else:
-        qk = tl.dot(q, tl.trans(k))
-        offset = 0.0
+    offset = INT_AS_FLOAT_OFFSET if QK_INT8 else 0.0
     if MASK_TAIL:
         qk = tl.where(((start_n + offs_n) < S)[None, :], qk, float("-inf"))
     new_max = tl.maximum(row_max, (tl.reduce(qk, 1, max_combine) - offset) * row_factor)  # row_factor > 0
@@ -127,9 +183,10 @@ def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_bas
     # CPU interpreter (ROUND_FIRST) has no FMA and would round the product at the offset's magnitude, 10 bits
     # coarser: there the offset is subtracted first (exactly: both are integers below 2**24)
     if ROUND_FIRST:
-        p = tl.math.exp2((qk - offset) * row_factor[:, None] - (new_max - LOG2_FP8_MAX)[:, None])
+        x = (qk - offset) * row_factor[:, None] - (new_max - LOG2_FP8_MAX)[:, None]
     else:
-        p = tl.math.exp2(qk * row_factor[:, None] - (offset * row_factor + new_max - LOG2_FP8_MAX)[:, None])
+        x = qk * row_factor[:, None] - (offset * row_factor + new_max - LOG2_FP8_MAX)[:, None]
+    p = _exp2_tile(x, BLOCK_M, BLOCK_N, POLY_EXP2)
     row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
     acc = acc * alpha[:, None]
     p8 = to_e4m3(p, ROUND_FIRST)
@@ -145,7 +202,8 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
-                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr):
+                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr, PIPELINED: tl.constexpr = False,
+                          POLY_EXP2: tl.constexpr = False):
     """q_src, k_src, v_src: the quantised buffers, as pointers or (USE_TMA) as 2-d tensor descriptors over
     [B*H*S_pad, D], [B*H*S_pad, D] and [B*H*D, S_pad] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]."""
     start_m = tl.program_id(0)
@@ -165,15 +223,35 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
-    full_blocks = S // BLOCK_N
-    for block in range(0, full_blocks):
-        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
-                                              block * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP, QK_INT8,
-                                              PV_PROMOTE, ROUND_FIRST, USE_TMA, False)
-    if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
-        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
-                                              full_blocks * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP,
-                                              QK_INT8, PV_PROMOTE, ROUND_FIRST, USE_TMA, True)
+    if PIPELINED:
+        # every block but the last is full; the last one is always masked (a no-op where S fills it)
+        last = tl.cdiv(S, BLOCK_N) - 1
+        qk = _scores(q, _load_k(k_src, 0, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
+        for block in range(0, last):
+            qk_next = _scores(q, _load_k(k_src, (block + 1) * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA),
+                              QK_INT8)
+            v = _load_v(v_src, block * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+            acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base,
+                                                block * BLOCK_N, S, offs_n, K_GROUP, QK_INT8, PV_PROMOTE,
+                                                ROUND_FIRST, False, POLY_EXP2)
+            qk = qk_next
+        v = _load_v(v_src, last * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, last * BLOCK_N,
+                                            S, offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True, POLY_EXP2)
+    else:
+        full_blocks = S // BLOCK_N
+        for block in range(0, full_blocks):
+            start_n = block * BLOCK_N
+            qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
+            v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+            acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
+                                                offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False, POLY_EXP2)
+        if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
+            start_n = full_blocks * BLOCK_N
+            qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
+            v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+            acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
+                                                offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True, POLY_EXP2)
 
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
     v_means = tl.load(v_means_ptr + bh * D + offs_d)
@@ -254,6 +332,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
         grid = (triton.cdiv(qkv.tokens, chosen.block_m), rows)
         _fp8_attention_kernel[grid](*arguments, **constants, BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n,
                                     PV_PROMOTE=chosen.pv_promote, USE_TMA=chosen.loads == "tma",
+                                    PIPELINED=chosen.pipelined, POLY_EXP2=chosen.poly_exp2,
                                     num_warps=chosen.num_warps, num_stages=chosen.num_stages)
     return out
 
