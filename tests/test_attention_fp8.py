@@ -171,7 +171,8 @@ def test_kernel_matches_reference_and_exact(dim, layout, qk_dtype):
 
 
 @needs_kernel
-@pytest.mark.parametrize("config", ["m64n128w4s3", "m128n64w4s3-tma", "m128n64w8s3-fastacc"])
+@pytest.mark.parametrize("config", ["m64n128w4s3", "m128n64w4s3-tma", "m128n64w8s3-fastacc",
+                                    "m128n128w8s3-fastacc-tma-pipe-poly"])
 def test_kernel_takes_strided_views_and_other_configs(config):
     q, k, v = layer_inputs(tokens=70)
     packed = torch.stack((q, k, v), dim=2)  # [B, S, 3, H, D]: q, k, v become strided views
@@ -180,6 +181,47 @@ def test_kernel_takes_strided_views_and_other_configs(config):
     reference = fp8_attention_reference(q, k, v, block_n=kernel.FP8_ATTENTION_CONFIGS[config].block_n)
     out = kernel.fp8_attention(qv, kv, vv, "bshd", config=config)
     torch.testing.assert_close(out.float(), reference.float(), atol=0.02, rtol=0.01)  # ~2 bf16 steps
+
+
+
+@needs_kernel
+@pytest.mark.parametrize("tokens", [40, 128, 200, 300])  # one partial block, one full, full + tail, two + tail
+def test_pipelined_kernel_is_the_same_arithmetic(tokens):
+    # issuing the next block's Q.K^T early changes the order of work, not of arithmetic: equal to the last bit
+    q, k, v = layer_inputs(tokens=tokens, dim=128, heads=2)
+    plain = kernel.fp8_attention(q, k, v, config="m64n128w4s3-fastacc-tma")
+    assert torch.equal(kernel.fp8_attention(q, k, v, config="m64n128w4s3-fastacc-tma-pipe"), plain)
+    assert torch.equal(kernel.fp8_attention(q, k, v, config="m128n128w8s3-fastacc-tma-pipe"), plain)
+
+
+@needs_kernel
+def test_polynomial_exp2_stays_on_the_hardware_result():
+    q, k, v = layer_inputs(tokens=200, dim=128, heads=2)
+    plain = kernel.fp8_attention(q, k, v, config="m64n128w4s3-fastacc-tma").float()
+    for config in ("m64n128w4s3-fastacc-tma-poly", "m64n128w4s3-fastacc-tma-pipe-poly"):
+        poly = kernel.fp8_attention(q, k, v, config=config).float()
+        assert not torch.equal(poly, plain)  # the polynomial did run ...
+        assert relative_error(poly, plain) < 2e-3  # ... within bf16 rounding of the hardware exp2
+        assert cosine(poly, exact_attention(q, k, v, "bshd")) >= 0.995
+
+
+@needs_kernel
+def test_polynomial_exp2_alone():
+    tl = kernel.tl
+
+    @kernel.triton.jit
+    def exp2_both(x_ptr, poly_ptr, exact_ptr):
+        offsets = tl.arange(0, 1024)
+        x = tl.load(x_ptr + offsets)
+        tl.store(poly_ptr + offsets, kernel._exp2_poly(x))
+        tl.store(exact_ptr + offsets, tl.math.exp2(x))
+
+    x = torch.cat([torch.linspace(-30.0, 8.807, 1022), torch.tensor([float("-inf"), -500.0])])
+    poly, exact = torch.empty_like(x), torch.empty_like(x)
+    exp2_both[(1,)](x, poly, exact)
+    finite = exact > 0
+    assert ((poly[finite] / exact[finite]) - 1).abs().max() < 1e-4  # the cubic's 7.5e-5 plus fp32 rounding
+    assert (poly[~finite] <= 2.0 ** -126).all() and (poly[~finite] >= 0).all()  # -inf: no NaN, nothing to P
 
 
 @needs_kernel

@@ -225,7 +225,7 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
     acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
     if PIPELINED:
         # every block but the last is full; the last one is always masked (a no-op where S fills it)
-        last = tl.cdiv(S, BLOCK_N) - 1
+        last = (S + BLOCK_N - 1) // BLOCK_N - 1
         qk = _scores(q, _load_k(k_src, 0, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
         for block in range(0, last):
             qk_next = _scores(q, _load_k(k_src, (block + 1) * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA),
