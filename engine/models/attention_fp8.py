@@ -47,9 +47,6 @@ class Fp8AttentionConfig:
     # 'pointer': plain tl.load of computed addresses; 'tma': tensor descriptors (Hopper's TMA engine loads
     # the blocks into shared memory, freeing registers and threads)
     loads: str = "pointer"
-    # '-pipe': the next key block's Q.K^T is issued before this block's softmax, so the tensor cores work on it
-    # while the CUDA cores do the softmax (FlashAttention-3's intra-warpgroup overlap, written as source order)
-    pipelined: bool = False
     # '-poly': half of each score tile's exp2 runs as a polynomial on the FMA units instead of the special
     # function unit, which does 16 exp2 per clock per multiprocessor: as many clocks as the two MMAs take
     poly_exp2: bool = False
@@ -59,13 +56,13 @@ class Fp8AttentionConfig:
         promote = "" if self.pv_promote == self.block_n else ("-fastacc" if self.pv_promote == 0 else
                                                               f"-acc{self.pv_promote}")
         loads = "" if self.loads == "pointer" else f"-{self.loads}"
-        extras = ("-pipe" if self.pipelined else "") + ("-poly" if self.poly_exp2 else "")
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{extras}"
+        poly = "-poly" if self.poly_exp2 else ""
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{poly}"
 
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
-    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *extras)
-               for m, n, w, s, promote, loads, *extras in specs]
+    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *poly)
+               for m, n, w, s, promote, loads, *poly in specs]
     return {c.name: c for c in configs}
 
 
@@ -81,11 +78,8 @@ FP8_ATTENTION_CONFIGS = _configs(
     (64, 64, 4, 4, 0, "tma"),
     (64, 64, 4, 3, None, "pointer"),
     (128, 64, 8, 3, 0, "pointer"),
-    (64, 128, 4, 3, 0, "tma", True, False),
-    (64, 128, 4, 3, 0, "tma", False, True),
-    (64, 128, 4, 3, 0, "tma", True, True),
-    (128, 128, 8, 3, 0, "tma", True, False),
-    (128, 128, 8, 3, 0, "tma", True, True),
+    (64, 128, 4, 3, 0, "tma", True),
+    (128, 128, 8, 3, 0, "tma", True),
 )
 # The sweep on an H100 (scripts/check_fp8_attention.py, INT8 Q.K, K and V smoothed, 2026-11-22), per layer:
 # Wan 720p 142 ms (cuDNN bf16 204 ms), Wan 480p 27.1 ms (38.2), LTX 13B 3.03 ms (3.48), LTX 2B (head dim 64)
@@ -134,16 +128,21 @@ def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POLY_EXP2: tl.co
     unit and the FMA units share the work."""
     if POLY_EXP2:
         hardware, emulated = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
-        return tl.reshape(tl.join(tl.math.exp2(hardware), _exp2_poly(emulated)), [BLOCK_M, BLOCK_N])
-    return tl.math.exp2(x)
+        p = tl.reshape(tl.join(tl.math.exp2(hardware), _exp2_poly(emulated)), [BLOCK_M, BLOCK_N])
+    else:
+        p = tl.math.exp2(x)
+    return p
 
 
 @triton.jit
 def _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D: tl.constexpr, USE_TMA: tl.constexpr):
     """K [BLOCK_N, D] with D contiguous (K-major for Q.K^T)."""
+    # (if/else, not an early return: Triton compiles the statements after a constexpr branch's return too)
     if USE_TMA:
-        return k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
-    return tl.load(k_src + bh * S_pad * D + (start_n + offs_n)[:, None] * D + offs_d[None, :])
+        k = k_src.load([(bh * S_pad + start_n).to(tl.int32), 0])
+    else:
+        k = tl.load(k_src + bh * S_pad * D + (start_n + offs_n)[:, None] * D + offs_d[None, :])
+    return k
 
 
 @triton.jit
@@ -151,8 +150,10 @@ def _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D: tl.constexpr, USE_TMA:
     """V^T [D, BLOCK_N] with tokens contiguous (K-major for P.V: Hopper's FP8 MMA wants both operands
     K-major)."""
     if USE_TMA:
-        return v_src.load([(bh * D).to(tl.int32), start_n])
-    return tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + (start_n + offs_n)[None, :])
+        v = v_src.load([(bh * D).to(tl.int32), start_n])
+    else:
+        v = tl.load(v_src + bh * D * S_pad + offs_d[:, None] * S_pad + (start_n + offs_n)[None, :])
+    return v
 
 
 @triton.jit
@@ -160,8 +161,10 @@ def _scores(q, k, QK_INT8: tl.constexpr):
     """Q.K^T of one key block as fp32, plus `INT_AS_FLOAT_OFFSET` on the INT8 path (see there)."""
     if QK_INT8:
         qk_int = tl.dot(q, tl.trans(k), out_dtype=tl.int32)  # |qk_int| <= 127 * 127 * 128 < 2**22
-        return (qk_int + INT_AS_FLOAT_BITS).to(tl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + qk_int
-    return tl.dot(q, tl.trans(k))
+        qk = (qk_int + INT_AS_FLOAT_BITS).to(tl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + qk_int
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    return qk
 
 
 @triton.jit
@@ -202,8 +205,7 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
-                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr, PIPELINED: tl.constexpr = False,
-                          POLY_EXP2: tl.constexpr = False):
+                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr, POLY_EXP2: tl.constexpr = False):
     """q_src, k_src, v_src: the quantised buffers, as pointers or (USE_TMA) as 2-d tensor descriptors over
     [B*H*S_pad, D], [B*H*S_pad, D] and [B*H*D, S_pad] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]."""
     start_m = tl.program_id(0)
@@ -223,35 +225,19 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
-    if PIPELINED:
-        # every block but the last is full; the last one is always masked (a no-op where S fills it)
-        last = (S + BLOCK_N - 1) // BLOCK_N - 1
-        qk = _scores(q, _load_k(k_src, 0, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
-        for block in range(0, last):
-            qk_next = _scores(q, _load_k(k_src, (block + 1) * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA),
-                              QK_INT8)
-            v = _load_v(v_src, block * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-            acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base,
-                                                block * BLOCK_N, S, offs_n, K_GROUP, QK_INT8, PV_PROMOTE,
-                                                ROUND_FIRST, False, POLY_EXP2)
-            qk = qk_next
-        v = _load_v(v_src, last * BLOCK_N, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, last * BLOCK_N,
-                                            S, offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True, POLY_EXP2)
-    else:
-        full_blocks = S // BLOCK_N
-        for block in range(0, full_blocks):
-            start_n = block * BLOCK_N
-            qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
-            v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-            acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
-                                                offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False, POLY_EXP2)
-        if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
-            start_n = full_blocks * BLOCK_N
-            qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
-            v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-            acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
-                                                offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True, POLY_EXP2)
+    full_blocks = S // BLOCK_N
+    for block in range(0, full_blocks):
+        start_n = block * BLOCK_N
+        qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
+        v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
+                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False, POLY_EXP2)
+    if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
+        start_n = full_blocks * BLOCK_N
+        qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
+        v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
+                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True, POLY_EXP2)
 
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
     v_means = tl.load(v_means_ptr + bh * D + offs_d)
@@ -332,7 +318,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
         grid = (triton.cdiv(qkv.tokens, chosen.block_m), rows)
         _fp8_attention_kernel[grid](*arguments, **constants, BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n,
                                     PV_PROMOTE=chosen.pv_promote, USE_TMA=chosen.loads == "tma",
-                                    PIPELINED=chosen.pipelined, POLY_EXP2=chosen.poly_exp2,
+                                    POLY_EXP2=chosen.poly_exp2,
                                     num_warps=chosen.num_warps, num_stages=chosen.num_stages)
     return out
 
