@@ -52,9 +52,8 @@ def kernel_signature(config, head_dim: int, qk_int8: bool) -> tuple[dict, dict]:
     signature = {**sources, "q_scales_ptr": "*fp32", "k_scales_ptr": "*fp32", "v_scales_ptr": "*fp32",
                  "v_means_ptr": "*fp32", "out_ptr": "*bf16", "S": "i32", "S_pad": "i32", "H": "i32",
                  "sob": "i64", "soh": "i64", "sos": "i64", "sod": "i64"}
-    constants = {"D": head_dim, "Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "QK_INT8": qk_int8,
-                 "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "PV_PROMOTE": config.pv_promote,
-                 "ROUND_FIRST": False, "USE_TMA": config.loads == "tma", "POLY_EXP2": config.poly_exp2}
+    constants = {"D": head_dim, "Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "QK_INT8": qk_int8, "ROUND_FIRST": False,
+                 **config.kernel_constants()}
     signature.update({name: "constexpr" for name in constants})
     return signature, constants
 

@@ -59,6 +59,11 @@ class Fp8AttentionConfig:
         poly = "-poly" if self.poly_exp2 else ""
         return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{poly}"
 
+    def kernel_constants(self) -> dict:
+        """The kernel's meta-parameters this config sets (launch options apart)."""
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, PV_PROMOTE=self.pv_promote,
+                    USE_TMA=self.loads == "tma", POLY_EXP2=self.poly_exp2)
+
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
     configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *poly)
@@ -316,9 +321,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
             *arguments, **constants, USE_TMA=False)
     else:
         grid = (triton.cdiv(qkv.tokens, chosen.block_m), rows)
-        _fp8_attention_kernel[grid](*arguments, **constants, BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n,
-                                    PV_PROMOTE=chosen.pv_promote, USE_TMA=chosen.loads == "tma",
-                                    POLY_EXP2=chosen.poly_exp2,
+        _fp8_attention_kernel[grid](*arguments, **constants, **chosen.kernel_constants(),
                                     num_warps=chosen.num_warps, num_stages=chosen.num_stages)
     return out
 
