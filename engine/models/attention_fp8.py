@@ -47,32 +47,23 @@ class Fp8AttentionConfig:
     # 'pointer': plain tl.load of computed addresses; 'tma': tensor descriptors (Hopper's TMA engine loads
     # the blocks into shared memory, freeing registers and threads)
     loads: str = "pointer"
-    # '-poly': half of each score tile's exp2 runs as a polynomial on the FMA units instead of the special
-    # function unit, which does 16 exp2 per clock per multiprocessor: as many clocks as the two MMAs take
-    poly_exp2: bool = False
-    # '-lazyN': the running row maxima (and with them acc and the row sums) are updated only when some row's
-    # maximum grew by more than N (log2 units, so P by 2**N) in a key block, which after the first blocks is
-    # rare: most blocks skip 64 multiplies per thread. P's exp2 offset is N lower so a stale maximum cannot
-    # push P past e4m3's 448 (the price: N bits less range for the smallest P). 0 = update every block.
-    rescale_slack: int = 0
 
     @property
     def name(self) -> str:
         promote = "" if self.pv_promote == self.block_n else ("-fastacc" if self.pv_promote == 0 else
                                                               f"-acc{self.pv_promote}")
         loads = "" if self.loads == "pointer" else f"-{self.loads}"
-        extras = ("-poly" if self.poly_exp2 else "") + (f"-lazy{self.rescale_slack}" if self.rescale_slack else "")
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{extras}"
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}"
 
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, PV_PROMOTE=self.pv_promote,
-                    USE_TMA=self.loads == "tma", POLY_EXP2=self.poly_exp2, RESCALE_SLACK=self.rescale_slack)
+                    USE_TMA=self.loads == "tma")
 
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
-    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *extras)
-               for m, n, w, s, promote, loads, *extras in specs]
+    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads)
+               for m, n, w, s, promote, loads in specs]
     return {c.name: c for c in configs}
 
 
@@ -88,11 +79,6 @@ FP8_ATTENTION_CONFIGS = _configs(
     (64, 64, 4, 4, 0, "tma"),
     (64, 64, 4, 3, None, "pointer"),
     (128, 64, 8, 3, 0, "pointer"),
-    (64, 128, 4, 3, 0, "tma", True),
-    (128, 128, 8, 3, 0, "tma", True),
-    (64, 128, 4, 3, 0, "tma", False, 1),
-    (64, 128, 4, 3, 0, "tma", False, 2),
-    (64, 128, 4, 3, 0, "tma", True, 2),
 )
 # The sweep on an H100 (scripts/check_fp8_attention.py, INT8 Q.K, K and V smoothed, 2026-11-22), per layer:
 # Wan 720p 142 ms (cuDNN bf16 204 ms), Wan 480p 27.1 ms (38.2), LTX 13B 3.03 ms (3.48), LTX 2B (head dim 64)
@@ -100,6 +86,13 @@ FP8_ATTENTION_CONFIGS = _configs(
 # run while the other computes its softmax. '-fastacc' (the P.V accumulation never promoted) is 8-10 % faster
 # than promoting every block and as accurate since V is smoothed: a whole A14B forward with random weights
 # gave cosine 0.99987 against cuDNN either way (without V smoothing, fastacc fell to 0.986).
+# Measured and dropped (H100, 2026-12-07, Wan 720p per layer against this default's 139.8 ms): half of the exp2
+# as a cubic on the FMA units 162.9 ms (the special function unit was not the limit: the loop is ~620
+# instructions per warp and key block, scripts/compile_fp8_attention.py, and the polynomial adds ~225); lazy
+# rescaling (acc rescaled only when a row maximum grew by more than 1 or 2) 146 ms; FP8 instead of INT8 Q.K
+# 139.1 ms at 2.4x the error; issuing the next block's Q.K^T before this block's softmax compiles to a wait
+# right after it (no overlap) and 16 KB more shared memory; cuDNN's FP8 attention (implementation 'cudnn')
+# 147.4 ms at 2.4x the error.
 DEFAULT_CONFIGS = {64: "m64n128w4s3-fastacc-tma", 128: "m64n128w4s3-fastacc-tma"}
 CONFIG_CHOICES = ("default", "autotune", *FP8_ATTENTION_CONFIGS)
 
@@ -112,39 +105,6 @@ LOG2_FP8_MAX = tl.constexpr(8.807354922057604)
 # clock per SM, as slowly as the exp2 itself (5 % of the kernel's time at Wan 720p, H100)
 INT_AS_FLOAT_BITS = tl.constexpr(0x4B400000)
 INT_AS_FLOAT_OFFSET = tl.constexpr(12582912.0)  # 1.5 * 2**23
-
-
-# 2**f on [-0.5, 0.5] to 7.5e-5 relative (a relative-error minimax fit; P is then rounded to e4m3's 3
-# mantissa bits, and the row sum's error averages out)
-EXP2_C0 = tl.constexpr(0.9999280571937561)
-EXP2_C1 = tl.constexpr(0.6932609677314758)
-EXP2_C2 = tl.constexpr(0.24261115491390228)
-EXP2_C3 = tl.constexpr(0.0551716685295105)
-
-
-@triton.jit
-def _exp2_poly(x):
-    """exp2 on the FMA units: x = n + f with n an integer (by the 1.5 * 2**23 rounding trick) and |f| <= 0.5,
-    2**f by a cubic, and n added to the result's exponent bits. Below -126 the result is 2**-126 (P is zero
-    there after the e4m3 rounding either way); -inf (a masked score) becomes that too."""
-    x = tl.maximum(x, -126.0)
-    shifted = x + INT_AS_FLOAT_OFFSET  # the integer nearest x sits in the low mantissa bits
-    f = x - (shifted - INT_AS_FLOAT_OFFSET)
-    poly = ((EXP2_C3 * f + EXP2_C2) * f + EXP2_C1) * f + EXP2_C0
-    bits = poly.to(tl.int32, bitcast=True) + (shifted.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POLY_EXP2: tl.constexpr):
-    """exp2 of a score tile; with POLY_EXP2 every other column runs `_exp2_poly`, so the special function
-    unit and the FMA units share the work."""
-    if POLY_EXP2:
-        hardware, emulated = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
-        p = tl.reshape(tl.join(tl.math.exp2(hardware), _exp2_poly(emulated)), [BLOCK_M, BLOCK_N])
-    else:
-        p = tl.math.exp2(x)
-    return p
 
 
 @triton.jit
@@ -183,48 +143,31 @@ def _scores(q, k, QK_INT8: tl.constexpr):
 @triton.jit
 def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S, offs_n,
                 K_GROUP: tl.constexpr, QK_INT8: tl.constexpr, PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr,
-                MASK_TAIL: tl.constexpr, POLY_EXP2: tl.constexpr, RESCALE_SLACK: tl.constexpr):
+                MASK_TAIL: tl.constexpr):
     """The online-softmax update of one key block's scores `qk` and its P.V product."""
-    BLOCK_M: tl.constexpr = qk.shape[0]
-    BLOCK_N: tl.constexpr = qk.shape[1]
     # one K scale for the whole block (K_GROUP is a multiple of BLOCK_N): with Q's per-row scale it makes one
     # factor per row, so each score costs a single multiply-add before its exp2
     row_factor = q_scales * tl.load(k_scales_base + start_n // K_GROUP)
     offset = INT_AS_FLOAT_OFFSET if QK_INT8 else 0.0
     if MASK_TAIL:
         qk = tl.where(((start_n + offs_n) < S)[None, :], qk, float("-inf"))
-    block_max = (tl.reduce(qk, 1, max_combine) - offset) * row_factor  # row_factor > 0
-    if RESCALE_SLACK > 0:
-        # one decision for the whole tile (a branch: a skipped update costs nothing per element); the first
-        # block always updates (row_max is -inf)
-        if tl.reduce(block_max - row_max, 0, max_combine) > RESCALE_SLACK:
-            new_max = tl.maximum(row_max, block_max)
-            alpha = tl.math.exp2(row_max - new_max)
-            row_sum = row_sum * alpha
-            acc = acc * alpha[:, None]
-            row_max = new_max
-    else:
-        new_max = tl.maximum(row_max, block_max)
-        alpha = tl.math.exp2(row_max - new_max)
-        row_sum = row_sum * alpha
-        acc = acc * alpha[:, None]
-        row_max = new_max
-    # exp2(score - row_max + p_offset) with score = (qk - offset) * row_factor: one FMA per score. Triton's
+    new_max = tl.maximum(row_max, (tl.reduce(qk, 1, max_combine) - offset) * row_factor)  # row_factor > 0
+    alpha = tl.math.exp2(row_max - new_max)
+    # exp2(score - new_max + LOG2_FP8_MAX) with score = (qk - offset) * row_factor: one FMA per score. Triton's
     # CPU interpreter (ROUND_FIRST) has no FMA and would round the product at the offset's magnitude, 10 bits
     # coarser: there the offset is subtracted first (exactly: both are integers below 2**24)
-    p_offset = LOG2_FP8_MAX - RESCALE_SLACK
     if ROUND_FIRST:
-        x = (qk - offset) * row_factor[:, None] - (row_max - p_offset)[:, None]
+        p = tl.math.exp2((qk - offset) * row_factor[:, None] - (new_max - LOG2_FP8_MAX)[:, None])
     else:
-        x = qk * row_factor[:, None] - (offset * row_factor + row_max - p_offset)[:, None]
-    p = _exp2_tile(x, BLOCK_M, BLOCK_N, POLY_EXP2)
-    row_sum = row_sum + tl.reduce(p, 1, add_combine)
+        p = tl.math.exp2(qk * row_factor[:, None] - (offset * row_factor + new_max - LOG2_FP8_MAX)[:, None])
+    row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
+    acc = acc * alpha[:, None]
     p8 = to_e4m3(p, ROUND_FIRST)
     if PV_PROMOTE > 0:
         acc = tl.dot(p8, tl.trans(v), acc, max_num_imprecise_acc=PV_PROMOTE)
     else:
         acc = tl.dot(p8, tl.trans(v), acc)
-    return acc, row_sum, row_max
+    return acc, row_sum, new_max
 
 
 @triton.jit
@@ -232,8 +175,7 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
-                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr, POLY_EXP2: tl.constexpr = False,
-                          RESCALE_SLACK: tl.constexpr = 0):
+                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr):
     """q_src, k_src, v_src: the quantised buffers, as pointers or (USE_TMA) as 2-d tensor descriptors over
     [B*H*S_pad, D], [B*H*S_pad, D] and [B*H*D, S_pad] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]."""
     start_m = tl.program_id(0)
@@ -259,15 +201,13 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
         qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
         v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
         acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
-                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False, POLY_EXP2,
-                                            RESCALE_SLACK)
+                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False)
     if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
         start_n = full_blocks * BLOCK_N
         qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
         v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
         acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
-                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True, POLY_EXP2,
-                                            RESCALE_SLACK)
+                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True)
 
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
     v_means = tl.load(v_means_ptr + bh * D + offs_d)

@@ -14,7 +14,8 @@ Under diffusers' Ulysses sequence split (several GPUs) the processors make the h
 
 `implementation` picks what does the attention: 'triton' (the kernel, through the `reelsmith::fp8_attention`
 custom op, so torch.compile keeps the block in one graph), 'cudnn' (cuDNN's fused FP8 attention with the same
-smoothing, attention_fp8_cudnn.py; not yet timed on a GPU) or 'reference' (the PyTorch twin of our kernel's
+smoothing, attention_fp8_cudnn.py; on an H100 5 % slower than the kernel and less
+accurate, so not `auto`'s choice) or 'reference' (the PyTorch twin of our kernel's
 quantisation scheme: slow, for tests and CPU debugging).
 """
 
