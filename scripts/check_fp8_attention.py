@@ -6,8 +6,9 @@ Kernel mode (default): for each shape, one layer's q, k, v (random with realisti
 projections times per-channel gains of 1-3, K with a per-channel offset that smoothing must remove), the
 cosine similarity and relative error of each path against exact attention (fp32 inputs, fp32 accumulation),
 and the time per call of every kernel config (with the quantisation's share), cuDNN SDPA and flash SDPA,
-with TFLOP/s = 4 * S^2 * D * heads * batch / t. A config that fails to compile or run is reported and the
-others go on. Writes a JSON file and a markdown table (same name, .md).
+with TFLOP/s = 4 * S^2 * D * heads * batch / t, plus cuDNN's FP8 attention and the Gluon kernel
+(engine/models/attention_fp8_gluon.py) at each of its stage choices. A config that fails to compile or run is
+reported and the others go on. Writes a JSON file and a markdown table (same name, .md).
 
     python scripts/check_fp8_attention.py                                  # all shapes, all configs
     python scripts/check_fp8_attention.py --shapes wan-720p --configs m128n128w8s3 m128n64w8s3 --autotune
@@ -219,6 +220,16 @@ def check_kernels(args) -> list[dict]:
                     best = getattr(attention_fp8._autotuned(), "best_config", None)
                     rows[-1]["autotune_choice"] = str(best)
                     print(f"    autotune chose {best}", flush=True)
+        if not args.tiny and "int8" in args.qk_dtype:  # the same scheme in Gluon, MMAs left in flight
+            try:
+                from reelsmith.engine.models.attention_fp8_gluon import STAGE_CHOICES, gluon_fp8_attention
+            except ImportError as error:
+                print(f"  gluon: not importable ({error})", flush=True)
+            else:
+                for stages in STAGE_CHOICES:
+                    record(f"fp8 int8 gluon k{stages[0]}v{stages[1]}",
+                           lambda stages=stages: gluon_fp8_attention(q, k, v, "bshd", k_stages=stages[0],
+                                                                     v_stages=stages[1]), quant_s)
         if not args.tiny:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
             from reelsmith.engine.models.attention_fp8_cudnn import cudnn_fp8_attention
             record("cudnn fp8 (frontend sdpa_fp8)", lambda: cudnn_fp8_attention(q, k, v))
@@ -344,7 +355,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
-    parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn"],
+    parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn", "gluon"],
                         help="the forward's fp8 implementation: our Triton kernel or cuDNN's FP8 attention")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)

@@ -5,9 +5,12 @@ for sm_90, its shared memory and registers per program and how many programs the
 (the default configs rely on two: one's MMAs run while the other computes its softmax), the MMA instructions it
 emits, and — where Triton's cuobjdump is there — the instruction mix of the main loop per warp and key block
 (total, special-function-unit ops such as exp2, conversions to FP8): a static profile to read before spending
-GPU time on a variant.
+GPU time on a variant. `--gluon` adds the Gluon kernel (engine/models/attention_fp8_gluon.py) at each stage
+choice; "exp2 during MMA" counts the softmax's exp2s issued while a warpgroup MMA is in flight, which is what that
+kernel exists for.
 
     python scripts/compile_fp8_attention.py                               # every named config, head dims 64, 128
+    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon
     python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --head-dims 128 --json out.json
 
 Exits 1 if any config fails to compile (each failure is reported; the others go on).
@@ -81,15 +84,42 @@ def sass_profile(cubin: bytes) -> dict | None:
         target = re.search(r"0x([0-9a-f]+)", operands) if opcode.startswith("BRA") else None
         start = index_of.get(int(target.group(1), 16)) if target else None
         if start is not None and start < i and i - start > 100:  # the loop, not a barrier's spin wait
-            counts = collections.Counter(op.split(".")[0] for _, op, _ in instructions[start:i + 1])
+            loop = [op for _, op, _ in instructions[start:i + 1]]
+            counts = collections.Counter(op.split(".")[0] for op in loop)
+            overlapped, in_flight = 0, False  # exp2s issued between an MMA and the next wait for MMAs
+            for op in loop:
+                in_flight = (in_flight or "GMMA" in op) and not op.startswith("WARPGROUP.DEPBAR")
+                overlapped += in_flight and op.startswith("MUFU.EX2")
             profile["main_loop"] = {
                 "instructions": i + 1 - start, "special_function": counts["MUFU"], "fp8_conversions": counts["F2FP"],
-                "fma_pipe": counts["FFMA"] + counts["FADD"] + counts["FMUL"]}
+                "fma_pipe": counts["FFMA"] + counts["FADD"] + counts["FMUL"],
+                # waits for warpgroup MMAs, and exp2s issued while an MMA runs: the Triton kernel waits for each
+                # Q.K^T before the softmax; the Gluon kernel leaves the next block's in flight through it (ptxas
+                # adds a wait after every MMA wherever it cannot prove that safe)
+                "mma_waits": sum(op.startswith("WARPGROUP.DEPBAR") for op in loop),
+                "exp2_during_mma": overlapped}
             break
     return profile
 
 
+def profile_compiled(row: dict, compiled, num_warps: int) -> dict:
+    """Shared memory, registers, programs per multiprocessor, MMA kinds and the main loop's instruction mix."""
+    shared = compiled.metadata.shared
+    ptx = compiled.asm["ptx"]
+    profile = sass_profile(compiled.asm["cubin"]) or {}
+    programs = HOPPER_SHARED_MEMORY // (shared + SHARED_MEMORY_RESERVED_PER_PROGRAM)
+    if "registers" in profile:  # 64K registers per multiprocessor
+        programs = min(programs, HOPPER_REGISTERS // (profile["registers"] * 32 * num_warps))
+    row.update(shared_bytes=shared, programs_per_sm=programs, registers=profile.get("registers"),
+               spill_bytes=profile.get("spill_bytes"),
+               # the warpgroup MMA shapes and operand types: INT8 (Q.K) and e4m3 (P.V, and Q.K with fp8)
+               mma=sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(\S+?) ", ptx))),
+               main_loop=profile.get("main_loop"))
+    return row
+
+
 def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
+    """The Triton kernel with one named config."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -106,18 +136,36 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
     except Exception as error:  # reported per config; the others go on
         row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
         return row
-    shared = compiled.metadata.shared
-    ptx = compiled.asm["ptx"]
-    profile = sass_profile(compiled.asm["cubin"]) or {}
-    programs = HOPPER_SHARED_MEMORY // (shared + SHARED_MEMORY_RESERVED_PER_PROGRAM)
-    if "registers" in profile:  # 64K registers per multiprocessor
-        programs = min(programs, HOPPER_REGISTERS // (profile["registers"] * 32 * config.num_warps))
-    row.update(shared_bytes=shared, programs_per_sm=programs, registers=profile.get("registers"),
-               spill_bytes=profile.get("spill_bytes"),
-               # the warpgroup MMA shapes and operand types: INT8 (Q.K) and e4m3 (P.V, and Q.K with fp8)
-               mma=sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(\S+?) ", ptx))),
-               main_loop=profile.get("main_loop"))
-    return row
+    return profile_compiled(row, compiled, config.num_warps)
+
+
+def compile_gluon(head_dim: int, stages: tuple[int, int]) -> dict:
+    """The Gluon kernel (engine/models/attention_fp8_gluon.py) with K and V blocks in `stages` buffers."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
+    from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
+
+    row = {"config": f"gluon-k{stages[0]}v{stages[1]}", "head_dim": head_dim, "qk_dtype": "int8"}
+    query, key, value = gluon_kernel.shared_layouts(head_dim)
+    block_m, block_n = gluon_kernel.BLOCK_M, gluon_kernel.BLOCK_N
+    signature = {"q_desc": f"tensordesc<i8[{block_m},{head_dim}],{query!r}>",
+                 "k_desc": f"tensordesc<i8[{block_n},{head_dim}],{key!r}>",
+                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>",
+                 "q_scales_ptr": "*fp32", "k_scales_ptr": "*fp32", "v_scales_ptr": "*fp32", "v_means_ptr": "*fp32",
+                 "out_ptr": "*bf16", "S": "i32", "S_pad": "i32", "H": "i32",
+                 "sob": "i64", "soh": "i64", "sos": "i64", "sod": "i64"}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": stages[0], "V_STAGES": stages[1]}
+    signature.update({name: "constexpr" for name in constants})
+    try:
+        compiled = triton.compile(GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),
+                                  target=GPUTarget("cuda", 90, 128), options={"num_warps": 4})
+    except Exception as error:  # reported per config; the others go on
+        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
+        return row
+    return profile_compiled(row, compiled, 4)
 
 
 def main(argv=None) -> int:
@@ -128,20 +176,24 @@ def main(argv=None) -> int:
                         default=list(attention_fp8.FP8_ATTENTION_CONFIGS))
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128], default=[64, 128])
     parser.add_argument("--qk-dtype", nargs="+", choices=["int8", "fp8"], default=["int8"])
+    parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every stage choice")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = [compile_config(name, dim, qk) for name in args.configs for dim in args.head_dims for qk in args.qk_dtype]
+    if args.gluon:
+        from reelsmith.engine.models.attention_fp8_gluon import STAGE_CHOICES
+        rows += [compile_gluon(dim, stages) for stages in STAGE_CHOICES for dim in args.head_dims]
     print("| config | head dim | Q.K | shared KB | registers | programs/SM | loop instr. | exp2 (MUFU) | FP8 cvt | "
-          "FMA pipe |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "FMA pipe | exp2 during MMA |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         if "error" in row:
-            print(f"| {row['config']} | {row['head_dim']} | {row['qk_dtype']} | failed: {row['error']} | | | | | | |")
+            print(f"| {row['config']} | {row['head_dim']} | {row['qk_dtype']} | failed: {row['error']} | | | | | | | |")
             continue
         loop = row["main_loop"] or {}
         print(f"| {row['config']} | {row['head_dim']} | {row['qk_dtype']} | {row['shared_bytes'] / 1024:.1f} | "
               f"{row['registers']} | {row['programs_per_sm']} | {loop.get('instructions', '')} | {loop.get('special_function', '')} | "
-              f"{loop.get('fp8_conversions', '')} | {loop.get('fma_pipe', '')} |")
+              f"{loop.get('fp8_conversions', '')} | {loop.get('fma_pipe', '')} | {loop.get('exp2_during_mma', '')} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in row for row in rows) else 0

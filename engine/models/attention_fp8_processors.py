@@ -15,7 +15,8 @@ Under diffusers' Ulysses sequence split (several GPUs) the processors make the h
 `implementation` picks what does the attention: 'triton' (the kernel, through the `reelsmith::fp8_attention`
 custom op, so torch.compile keeps the block in one graph), 'cudnn' (cuDNN's fused FP8 attention with the same
 smoothing, attention_fp8_cudnn.py; on an H100 5 % slower than the kernel and less
-accurate, so not `auto`'s choice) or 'reference' (the PyTorch twin of our kernel's
+accurate, so not `auto`'s choice), 'gluon' (the same arithmetic as 'triton' in Gluon, MMAs left in flight
+through the softmax, attention_fp8_gluon.py; not yet run on a GPU) or 'reference' (the PyTorch twin of our kernel's
 quantisation scheme: slow, for tests and CPU debugging).
 """
 
@@ -28,7 +29,7 @@ from ..errors import BackendUnavailableError, InvalidInputError
 from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8_attention_reference
 from .ulysses_exchange import attend_across_ranks, can_exchange
 
-IMPLEMENTATIONS = ("triton", "cudnn", "reference")
+IMPLEMENTATIONS = ("triton", "cudnn", "gluon", "reference")
 
 
 def _triton_attention_op():
@@ -50,6 +51,19 @@ def _cudnn_attention_op():
     return cudnn_fp8_attention_op
 
 
+def _gluon_attention_op():
+    try:
+        from .attention_fp8_gluon import gluon_fp8_attention_op, gluon_unavailable
+    except ImportError as error:
+        raise BackendUnavailableError(f"FP8 attention implementation 'gluon' needs Triton's Gluon ({error}). Choose "
+                                      "the implementation 'triton'.") from error
+    missing = gluon_unavailable()
+    if missing is not None:
+        raise BackendUnavailableError(f"FP8 attention implementation 'gluon' cannot run: {missing}. Choose the "
+                                      "implementation 'triton'.")
+    return gluon_fp8_attention_op
+
+
 class _Fp8SelfAttention:
     """The attention step shared by the FP8 self-attention processors."""
 
@@ -68,6 +82,8 @@ class _Fp8SelfAttention:
             self._op = _triton_attention_op()
         elif implementation == "cudnn":
             self._op = _cudnn_attention_op()
+        elif implementation == "gluon":
+            self._op = _gluon_attention_op()
 
     def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
         """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""
@@ -83,7 +99,7 @@ class _Fp8SelfAttention:
     def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self.implementation == "reference":
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
-        if self.implementation == "cudnn":
+        if self.implementation in ("cudnn", "gluon"):
             return self._op(query, key, value)
         return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
 

@@ -1,0 +1,242 @@
+"""The FP8 attention kernel's arithmetic (attention_fp8.py: INT8 Q.K with per-group scales, K and V smoothed, P
+and V in e4m3) written in Gluon, Triton's lower-level language, so that the warpgroup MMAs can be left in
+flight: the next key block's Q.K^T runs on the tensor cores while this block's softmax runs on the CUDA cores
+(FlashAttention-3's intra-warpgroup overlap). Triton's own compiler waits for every Q.K^T right after issuing
+it, which is where the Triton kernel loses half of the FP8 peak.
+
+One warpgroup (4 warps) per program and 64 query rows; key blocks of 128. Per block j, in order:
+  1. TMA load of K[j+2] into the K slot block j used (its Q.K^T is done)
+  2. issue S[j+1] = Q.K[j+1]^T (async)
+  3. softmax of S[j] (row maxima, P in e4m3), while S[j+1] and P.V[j-1] run
+  4. wait for P.V[j-1] (leaving S[j+1] in flight); TMA load of V[j+2] into its slot; rescale acc
+  5. issue acc += P[j].V[j] (async)
+  6. wait for S[j+1] (leaving P.V[j] in flight)
+The last block (masked where the sequence ends inside it) is peeled off the loop.
+
+Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                             warpgroup_mma_wait)
+
+# Triton 3.9 renamed the TMA load (3.6, beside torch 2.11, has only the old name)
+_tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+
+LOG2_FP8_MAX = gl.constexpr(8.807354922057604)  # P = exp2(score - row max + this) lies in [0, 448]
+INT_AS_FLOAT_BITS = gl.constexpr(0x4B400000)    # see attention_fp8.py
+INT_AS_FLOAT_OFFSET = gl.constexpr(12582912.0)
+
+
+@gluon.jit
+def _issue_scores(q_smem, k_smem, s_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, s_layout)
+    return warpgroup_mma(q_smem, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+             MASK: gl.constexpr):
+    """P in e4m3 (times 448) of one block's INT8 scores, the new row maxima and sums, and the factor acc needs."""
+    qk = (s_int + INT_AS_FLOAT_BITS).to(gl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + integer score
+    if MASK:
+        cols = start_n + gl.arange(0, BLOCK_N, col_layout)
+        qk = gl.where(gl.expand_dims(cols < S, 0), qk, float("-inf"))
+    new_max = gl.maximum(row_max, (gl.max(qk, 1) - INT_AS_FLOAT_OFFSET) * row_factor)
+    alpha = gl.exp2(row_max - new_max)
+    shift = INT_AS_FLOAT_OFFSET * row_factor + new_max - LOG2_FP8_MAX
+    p = gl.exp2(qk * gl.expand_dims(row_factor, 1) - gl.expand_dims(shift, 1))
+    row_sum = row_sum * alpha + gl.sum(p, 1)
+    return p.to(gl.float8e4nv), new_max, row_sum, alpha
+
+
+@gluon.jit
+def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr,
+                                out_ptr, S, S_pad, H, sob, soh, sos, sod,
+                                Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr,
+                                V_STAGES: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 32])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+    start_m = gl.program_id(0)
+    bh = gl.program_id(1).to(gl.int64)
+    q_row = (bh * S_pad + start_m * BLOCK_M).to(gl.int32)
+    k_row = (bh * S_pad).to(gl.int32)
+    v_row = (bh * D).to(gl.int32)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(K_STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+    for i in gl.static_range(V_STAGES):
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    blocks = gl.cdiv(S, BLOCK_N)
+    # prologue: Q, the first K_STAGES key blocks and V_STAGES value blocks
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    _tma_load(q_desc, [q_row, 0], q_bar, q_smem)
+    for i in gl.static_range(K_STAGES):
+        mbarrier.expect(k_bars.index(i), k_desc.block_type.nbytes, pred=i < blocks)
+        _tma_load(k_desc, [k_row + i * BLOCK_N, 0], k_bars.index(i), k_smem.index(i),
+                                        pred=i < blocks)
+    for i in gl.static_range(V_STAGES):
+        mbarrier.expect(v_bars.index(i), v_desc.block_type.nbytes, pred=i < blocks)
+        _tma_load(v_desc, [v_row, i * BLOCK_N], v_bars.index(i), v_smem.index(i),
+                                        pred=i < blocks)
+
+    q_scales = gl.load(q_scales_ptr + bh * (S_pad // Q_GROUP)
+                       + (start_m * BLOCK_M + gl.arange(0, BLOCK_M, row_layout)) // Q_GROUP)
+    k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
+    row_max = gl.full([BLOCK_M], float("-inf"), gl.float32, row_layout)
+    row_sum = gl.zeros([BLOCK_M], gl.float32, row_layout)
+    acc = gl.zeros([BLOCK_M, D], gl.float32, o_layout)
+
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_bars.index(0), 0)
+    s_cur = _issue_scores(q_smem, k_smem.index(0), s_layout, BLOCK_M, BLOCK_N)
+    s_cur = warpgroup_mma_wait(0, deps=(s_cur, ))
+
+    for j in range(0, blocks - 1):
+        k_slot = j % K_STAGES
+        # 1. K[j + K_STAGES] into the slot S[j] read (S[j] is complete)
+        reload = j + K_STAGES < blocks
+        mbarrier.expect(k_bars.index(k_slot), k_desc.block_type.nbytes, pred=reload)
+        _tma_load(k_desc, [k_row + (j + K_STAGES) * BLOCK_N, 0], k_bars.index(k_slot),
+                                        k_smem.index(k_slot), pred=reload)
+        # 2. the next block's scores, left in flight
+        next_slot = (j + 1) % K_STAGES
+        mbarrier.wait(k_bars.index(next_slot), ((j + 1) // K_STAGES) & 1)
+        s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, BLOCK_M, BLOCK_N)
+        # 3. this block's softmax while they run
+        row_factor = q_scales * gl.load(k_scales_base + (j * BLOCK_N) // K_GROUP)
+        p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, row_factor, j * BLOCK_N, S, col_layout,
+                                               BLOCK_N, False)
+        # 4. acc += P.V[j] behind them; then both are waited for (nothing in flight crosses the loop's back
+        # edge: ptxas serialises every MMA of a kernel where a register copy could touch one in flight)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        v_slot = j % V_STAGES
+        mbarrier.wait(v_bars.index(v_slot), (j // V_STAGES) & 1)
+        acc = warpgroup_mma(gl.convert_layout(p8, p_layout), v_smem.index(v_slot).permute((1, 0)), acc,
+                            is_async=True)
+        acc, s_cur = warpgroup_mma_wait(0, deps=(acc, s_next))
+        # 5. V[j + V_STAGES] into the slot P.V[j] read
+        v_load = j + V_STAGES
+        mbarrier.expect(v_bars.index(v_slot), v_desc.block_type.nbytes, pred=v_load < blocks)
+        _tma_load(v_desc, [v_row, v_load * BLOCK_N], v_bars.index(v_slot),
+                                        v_smem.index(v_slot), pred=v_load < blocks)
+
+    # the last block: masked where the sequence ends inside it
+    last = blocks - 1
+    row_factor = q_scales * gl.load(k_scales_base + (last * BLOCK_N) // K_GROUP)
+    p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, row_factor, last * BLOCK_N, S, col_layout,
+                                           BLOCK_N, True)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    v_slot = last % V_STAGES
+    mbarrier.wait(v_bars.index(v_slot), (last // V_STAGES) & 1)
+    acc = warpgroup_mma(gl.convert_layout(p8, p_layout), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(K_STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+    for i in gl.static_range(V_STAGES):
+        mbarrier.invalidate(v_bars.index(i))
+
+    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    ocol_layout: gl.constexpr = gl.SliceLayout(0, o_layout)
+    offs_d = gl.arange(0, D, ocol_layout)
+    offs_m = start_m * BLOCK_M + gl.arange(0, BLOCK_M, orow_layout)
+    v_scales = gl.load(v_scales_ptr + bh * D + offs_d)
+    v_means = gl.load(v_means_ptr + bh * D + offs_d)
+    row_sum = gl.convert_layout(row_sum, orow_layout)
+    out = acc * gl.expand_dims(v_scales, 0) / gl.expand_dims(row_sum, 1) + gl.expand_dims(v_means, 0)
+    b = bh // H
+    h = bh % H
+    out_ptrs = (out_ptr + b * sob + h * soh + gl.expand_dims(offs_m, 1) * sos + gl.expand_dims(offs_d, 0) * sod)
+    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(offs_m < S, 1))
+
+
+BLOCK_M = 64
+BLOCK_N = 128
+STAGE_CHOICES = ((2, 2), (2, 3), (3, 3))  # (K blocks, V blocks) in shared memory
+
+
+def shared_layouts(dim: int):
+    """Shared-memory layouts of the Q, K and V^T blocks (what TMA writes and the MMAs read)."""
+    return (gl.NVMMASharedLayout.get_default_for([BLOCK_M, dim], gl.int8),
+            gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], gl.int8),
+            gl.NVMMASharedLayout.get_default_for([dim, BLOCK_N], gl.float8e4nv))
+
+
+def gluon_fp8_attention(q, k, v, layout: str = "bshd", *, k_stages: int = 2, v_stages: int = 2):
+    """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the Gluon kernel.
+    Hopper only: Gluon has no CPU interpreter."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .attention_fp8_quant import logical_strides, quantise_qkv
+
+    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8")
+    if qkv.k_group % BLOCK_N:
+        raise ValueError(f"the Gluon kernel takes one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
+    dim = qkv.q.shape[-1]
+    rows = qkv.batch * qkv.heads * qkv.padded
+    query_layout, key_layout, value_layout = shared_layouts(dim)
+    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [BLOCK_M, dim], query_layout)
+    k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [BLOCK_N, dim], key_layout)
+    v_desc = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
+                              [dim, BLOCK_N], value_layout)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    grid = (triton.cdiv(qkv.tokens, BLOCK_M), qkv.batch * qkv.heads)
+    _fp8_attention_gluon_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales,
+                                      qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
+                                      *logical_strides(out, layout), Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group,
+                                      K_STAGES=k_stages, V_STAGES=v_stages, num_warps=4)
+    return out
+
+
+def gluon_unavailable() -> str | None:
+    """Why the Gluon kernel cannot run here, or None."""
+    if not torch.cuda.is_available():
+        return "it needs a CUDA GPU (Gluon has no CPU interpreter)"
+    if torch.cuda.get_device_capability() < (9, 0):
+        return "it needs a Hopper GPU (warpgroup MMAs)"
+    return None
+
+
+def _define_op():
+    """Register `reelsmith::gluon_fp8_attention` once per process, so torch.compile keeps a block that calls it
+    in one graph."""
+    namespace = getattr(torch.ops, "reelsmith", None)
+    if namespace is not None and hasattr(namespace, "gluon_fp8_attention"):
+        return namespace.gluon_fp8_attention
+
+    @torch.library.custom_op("reelsmith::gluon_fp8_attention", mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return gluon_fp8_attention(q, k, v, "bshd")
+
+    @op.register_fake
+    def _(q, k, v):
+        return torch.empty(q.shape, device=q.device, dtype=q.dtype)
+
+    return torch.ops.reelsmith.gluon_fp8_attention
+
+
+gluon_fp8_attention_op = _define_op()
