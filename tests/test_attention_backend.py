@@ -143,3 +143,18 @@ def test_two_models_keep_their_own_backend_and_the_global_default(default_backen
 def test_explicit_choice_checked_against_the_device(default_backend):
     with pytest.raises(BackendUnavailableError, match="cudnn"):
         apply_attention_backend(tiny_wan(), "cudnn", CPU)
+
+
+@pytest.mark.parametrize("implementation", ["cudnn", "gluon"])
+def test_an_fp8_implementation_that_cannot_run_here_fails_before_any_swap(implementation):
+    from diffusers import WanTransformer3DModel
+
+    from reelsmith.engine.models.attention_fp8_processors import is_fp8_processor
+
+    # head dim 64: a model the FP8 processors take, so only the implementation can refuse
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
+                                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=16, num_layers=1,
+                                  rope_max_seq_len=32)
+    with pytest.raises(BackendUnavailableError, match=f"implementation '{implementation}'"):
+        apply_attention_backend(model, "fp8", fp8_options={"implementation": implementation})
+    assert not any(is_fp8_processor(getattr(m, "processor", None)) for m in model.modules())

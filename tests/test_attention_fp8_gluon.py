@@ -1,8 +1,8 @@
 """The Gluon FP8 attention kernel (engine/models/attention_fp8_gluon.py), the FP8 implementation 'gluon'. Gluon has
 no CPU interpreter, so its arithmetic is checked on a GPU (scripts/check_fp8_attention.py, kernel mode, against
 exact attention). Here: it compiles for Hopper with the structure it exists for (the next key block's Q.K^T in
-flight while the softmax runs, one MMA wait per key block, nothing serialised by ptxas), and choosing it where it
-cannot run fails clearly before any processor is swapped."""
+flight while the softmax runs, one MMA wait per key block, nothing serialised by ptxas). Choosing it where it cannot
+run: tests/test_attention_backend.py."""
 
 import importlib.util
 import json
@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from pack_paths import PACK_ROOT
-from reelsmith.engine.errors import BackendUnavailableError
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="Triton is not installed (tests/requirements.txt installs it)")
@@ -42,17 +41,3 @@ def test_gluon_kernel_compiles_for_hopper_with_the_scores_in_flight_during_the_s
         assert loop["exp2_during_mma"] >= 48
     triton_row = next(row for row in rows if row["config"] == "m64n128w4s3-fastacc-tma" and row["head_dim"] == 128)
     assert triton_row["main_loop"]["mma_waits"] >= 1
-
-
-def test_choosing_the_gluon_implementation_where_it_cannot_run_fails_before_any_swap():
-    from diffusers import WanTransformer3DModel
-
-    from reelsmith.engine.models.attention import apply_attention_backend
-    from reelsmith.engine.models.attention_fp8_processors import is_fp8_processor
-
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
-                                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=16, num_layers=1,
-                                  rope_max_seq_len=32)
-    with pytest.raises(BackendUnavailableError, match="implementation 'gluon'"):
-        apply_attention_backend(model, "fp8", fp8_options={"implementation": "gluon"})
-    assert not any(is_fp8_processor(getattr(m, "processor", None)) for m in model.modules())

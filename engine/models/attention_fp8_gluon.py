@@ -40,9 +40,11 @@ def _issue_scores(q_smem, k_smem, s_layout: gl.constexpr, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
-             MASK: gl.constexpr):
+def _softmax(s_int, row_max, row_sum, q_scales, k_scales_base, start_n, S, K_GROUP: gl.constexpr,
+             col_layout: gl.constexpr, BLOCK_N: gl.constexpr, MASK: gl.constexpr):
     """P in e4m3 (times 448) of one block's INT8 scores, the new row maxima and sums, and the factor acc needs."""
+    # one K scale per key block: with Q's per-row scale, one factor per row
+    row_factor = q_scales * gl.load(k_scales_base + start_n // K_GROUP)
     qk = (s_int + INT_AS_FLOAT_BITS).to(gl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + integer score
     if MASK:
         cols = start_n + gl.arange(0, BLOCK_N, col_layout)
@@ -53,6 +55,16 @@ def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.con
     p = gl.exp2(qk * gl.expand_dims(row_factor, 1) - gl.expand_dims(shift, 1))
     row_sum = row_sum * alpha + gl.sum(p, 1)
     return p.to(gl.float8e4nv), new_max, row_sum, alpha
+
+
+@gluon.jit
+def _issue_pv(acc, alpha, p8, v_smem, v_bars, block, V_STAGES: gl.constexpr, o_layout: gl.constexpr,
+              p_layout: gl.constexpr):
+    """acc rescaled by alpha, then acc += P.V[block] issued (in flight: the caller waits)."""
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    v_slot = block % V_STAGES
+    mbarrier.wait(v_bars.index(v_slot), (block // V_STAGES) & 1)
+    return warpgroup_mma(gl.convert_layout(p8, p_layout), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
 
 
 @gluon.jit
@@ -96,11 +108,11 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     for i in gl.static_range(K_STAGES):
         mbarrier.expect(k_bars.index(i), k_desc.block_type.nbytes, pred=i < blocks)
         _tma_load(k_desc, [k_row + i * BLOCK_N, 0], k_bars.index(i), k_smem.index(i),
-                                        pred=i < blocks)
+                  pred=i < blocks)
     for i in gl.static_range(V_STAGES):
         mbarrier.expect(v_bars.index(i), v_desc.block_type.nbytes, pred=i < blocks)
         _tma_load(v_desc, [v_row, i * BLOCK_N], v_bars.index(i), v_smem.index(i),
-                                        pred=i < blocks)
+                  pred=i < blocks)
 
     q_scales = gl.load(q_scales_ptr + bh * (S_pad // Q_GROUP)
                        + (start_m * BLOCK_M + gl.arange(0, BLOCK_M, row_layout)) // Q_GROUP)
@@ -120,38 +132,30 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
         reload = j + K_STAGES < blocks
         mbarrier.expect(k_bars.index(k_slot), k_desc.block_type.nbytes, pred=reload)
         _tma_load(k_desc, [k_row + (j + K_STAGES) * BLOCK_N, 0], k_bars.index(k_slot),
-                                        k_smem.index(k_slot), pred=reload)
+                  k_smem.index(k_slot), pred=reload)
         # 2. the next block's scores, left in flight
         next_slot = (j + 1) % K_STAGES
         mbarrier.wait(k_bars.index(next_slot), ((j + 1) // K_STAGES) & 1)
         s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, BLOCK_M, BLOCK_N)
         # 3. this block's softmax while they run
-        row_factor = q_scales * gl.load(k_scales_base + (j * BLOCK_N) // K_GROUP)
-        p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, row_factor, j * BLOCK_N, S, col_layout,
-                                               BLOCK_N, False)
+        p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, q_scales, k_scales_base, j * BLOCK_N, S,
+                                               K_GROUP, col_layout, BLOCK_N, False)
         # 4. acc += P.V[j] behind them; then both are waited for (nothing in flight crosses the loop's back
         # edge: ptxas serialises every MMA of a kernel where a register copy could touch one in flight)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        v_slot = j % V_STAGES
-        mbarrier.wait(v_bars.index(v_slot), (j // V_STAGES) & 1)
-        acc = warpgroup_mma(gl.convert_layout(p8, p_layout), v_smem.index(v_slot).permute((1, 0)), acc,
-                            is_async=True)
+        acc = _issue_pv(acc, alpha, p8, v_smem, v_bars, j, V_STAGES, o_layout, p_layout)
         acc, s_cur = warpgroup_mma_wait(0, deps=(acc, s_next))
         # 5. V[j + V_STAGES] into the slot P.V[j] read
+        v_slot = j % V_STAGES
         v_load = j + V_STAGES
         mbarrier.expect(v_bars.index(v_slot), v_desc.block_type.nbytes, pred=v_load < blocks)
         _tma_load(v_desc, [v_row, v_load * BLOCK_N], v_bars.index(v_slot),
-                                        v_smem.index(v_slot), pred=v_load < blocks)
+                  v_smem.index(v_slot), pred=v_load < blocks)
 
     # the last block: masked where the sequence ends inside it
     last = blocks - 1
-    row_factor = q_scales * gl.load(k_scales_base + (last * BLOCK_N) // K_GROUP)
-    p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, row_factor, last * BLOCK_N, S, col_layout,
-                                           BLOCK_N, True)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    v_slot = last % V_STAGES
-    mbarrier.wait(v_bars.index(v_slot), (last // V_STAGES) & 1)
-    acc = warpgroup_mma(gl.convert_layout(p8, p_layout), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
+    p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, q_scales, k_scales_base, last * BLOCK_N, S,
+                                           K_GROUP, col_layout, BLOCK_N, True)
+    acc = _issue_pv(acc, alpha, p8, v_smem, v_bars, last, V_STAGES, o_layout, p_layout)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
 
     mbarrier.invalidate(q_bar)
