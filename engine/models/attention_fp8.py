@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ..errors import BackendUnavailableError, InvalidInputError
+from .attention_custom_op import attention_custom_op
 from .attention_fp8_reference import K_GROUP, Q_GROUP
 from .attention_fp8_quant import (QuantisedQKV, add_combine, kernels_interpreted, logical_strides, max_combine,
                                   quantise_qkv, to_e4m3)
@@ -315,22 +316,9 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
     return attend_quantised(qkv, out, layout, config)
 
 
-def _define_op():
-    """Register `reelsmith::fp8_attention` once per process (the pack may be imported under two names)."""
-    namespace = getattr(torch.ops, "reelsmith", None)
-    if namespace is not None and hasattr(namespace, "fp8_attention"):
-        return namespace.fp8_attention
-
-    @torch.library.custom_op("reelsmith::fp8_attention", mutates_args=())
-    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, config: str, qk_dtype: str,
-           q_group: int, k_group: int) -> torch.Tensor:
-        return fp8_attention(q, k, v, layout, config=config, qk_dtype=qk_dtype, q_group=q_group, k_group=k_group)
-
-    @op.register_fake
-    def _(q, k, v, layout, config, qk_dtype, q_group, k_group):
-        return torch.empty(q.shape, device=q.device, dtype=q.dtype)
-
-    return torch.ops.reelsmith.fp8_attention
+def _fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, config: str, qk_dtype: str,
+                        q_group: int, k_group: int) -> torch.Tensor:
+    return fp8_attention(q, k, v, layout, config=config, qk_dtype=qk_dtype, q_group=q_group, k_group=k_group)
 
 
-fp8_attention_op = _define_op()
+fp8_attention_op = attention_custom_op("fp8_attention", _fp8_attention_call)

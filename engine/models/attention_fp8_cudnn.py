@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BackendUnavailableError
+from .attention_custom_op import attention_custom_op
 
 E4M3_MAX = 448.0
 
@@ -165,22 +166,8 @@ def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     return dequantise_output(out, inputs, q.dtype)
 
 
-def _define_op():
-    """Register `reelsmith::cudnn_fp8_attention` once per process (the pack may be imported under two names), so
-    torch.compile keeps a block that calls it in one graph."""
-    namespace = getattr(torch.ops, "reelsmith", None)
-    if namespace is not None and hasattr(namespace, "cudnn_fp8_attention"):
-        return namespace.cudnn_fp8_attention
-
-    @torch.library.custom_op("reelsmith::cudnn_fp8_attention", mutates_args=())
-    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return cudnn_fp8_attention(q, k, v)
-
-    @op.register_fake
-    def _(q, k, v):
-        return torch.empty(q.shape, device=q.device, dtype=q.dtype)
-
-    return torch.ops.reelsmith.cudnn_fp8_attention
+def _cudnn_fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return cudnn_fp8_attention(q, k, v)
 
 
-cudnn_fp8_attention_op = _define_op()
+cudnn_fp8_attention_op = attention_custom_op("cudnn_fp8_attention", _cudnn_fp8_attention_call)

@@ -25,6 +25,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                              warpgroup_mma_wait)
 
+from .attention_custom_op import attention_custom_op
+
 # Triton 3.9 renamed the TMA load (3.6, beside torch 2.11, has only the old name)
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
 
@@ -225,22 +227,8 @@ def gluon_unavailable() -> str | None:
     return None
 
 
-def _define_op():
-    """Register `reelsmith::gluon_fp8_attention` once per process, so torch.compile keeps a block that calls it
-    in one graph."""
-    namespace = getattr(torch.ops, "reelsmith", None)
-    if namespace is not None and hasattr(namespace, "gluon_fp8_attention"):
-        return namespace.gluon_fp8_attention
-
-    @torch.library.custom_op("reelsmith::gluon_fp8_attention", mutates_args=())
-    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return gluon_fp8_attention(q, k, v, "bshd")
-
-    @op.register_fake
-    def _(q, k, v):
-        return torch.empty(q.shape, device=q.device, dtype=q.dtype)
-
-    return torch.ops.reelsmith.gluon_fp8_attention
+def _gluon_fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return gluon_fp8_attention(q, k, v, "bshd")
 
 
-gluon_fp8_attention_op = _define_op()
+gluon_fp8_attention_op = attention_custom_op("gluon_fp8_attention", _gluon_fp8_attention_call)
