@@ -158,7 +158,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _attention_processors(model: nn.Module):
+def attention_processors(model: nn.Module):
+    """The processors of `model`'s diffusers attention modules (each carries its backend and parallel config)."""
     for module in model.modules():
         processor = getattr(module, "processor", None)
         if processor is not None and hasattr(processor, "_attention_backend"):
@@ -188,7 +189,7 @@ def apply_attention_backend(model: nn.Module, backend: str, device=None, fp8_opt
         _check_attention_backend_requirements(diffusers_backend)
     except RuntimeError as error:
         raise BackendUnavailableError(f"Attention backend '{backend}' is not usable: {error}") from error
-    processors = list(_attention_processors(model))
+    processors = list(attention_processors(model))
     if not processors:
         raise InvalidInputError(
             f"{type(model).__name__} has no diffusers attention processors that take a backend; "
@@ -198,7 +199,7 @@ def apply_attention_backend(model: nn.Module, backend: str, device=None, fp8_opt
         apply_fp8_self_attention(model, diffusers_backend, **(fp8_options or {}))  # checks before it swaps
     else:
         remove_fp8_self_attention(model)
-    for processor in _attention_processors(model):
+    for processor in attention_processors(model):
         processor._attention_backend = diffusers_backend
     return backend
 
@@ -214,10 +215,10 @@ def auto_choice_notes(choice: str, backend: str) -> list[str]:
 
 def model_attention_backend(model: nn.Module) -> str | None:
     """The Reelsmith name of the backend the model's processors use (None: diffusers' default)."""
-    if any(is_fp8_processor(p) for p in _attention_processors(model)):
+    if any(is_fp8_processor(p) for p in attention_processors(model)):
         return "fp8"
     reverse = {value: key for key, value in DIFFUSERS_BACKEND_NAMES.items()}
-    names = {getattr(p._attention_backend, "value", p._attention_backend) for p in _attention_processors(model)}
+    names = {getattr(p._attention_backend, "value", p._attention_backend) for p in attention_processors(model)}
     if len(names) != 1:
         return None
     name = names.pop()

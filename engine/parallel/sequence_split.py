@@ -14,6 +14,7 @@ import contextlib
 
 import torch
 
+from ..models.attention import attention_processors
 from .parallel_plan import SplitLayout
 
 
@@ -30,13 +31,6 @@ def _cpu_device_count_shim(device_type: str):
         yield
     finally:
         torch.accelerator.device_count = original
-
-
-def _processors(model):
-    for module in model.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "_parallel_config"):
-            yield processor
 
 
 class SequenceSplitSwitch:
@@ -72,7 +66,7 @@ class SequenceSplitSwitch:
             self._configs[layout] = self.model._parallel_config
             return
         self.model._parallel_config = config
-        for processor in _processors(self.model):
+        for processor in attention_processors(self.model):
             processor._parallel_config = config
         apply_context_parallel(self.model, config.context_parallel_config, self.model._cp_plan)
 
@@ -80,6 +74,6 @@ class SequenceSplitSwitch:
         from diffusers.hooks.context_parallel import remove_context_parallel
 
         remove_context_parallel(self.model, self.model._cp_plan)
-        for processor in _processors(self.model):
+        for processor in attention_processors(self.model):
             processor._parallel_config = None
         self.model._parallel_config = None
