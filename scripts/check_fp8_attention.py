@@ -222,12 +222,13 @@ def check_kernels(args) -> list[dict]:
                     print(f"    autotune chose {best}", flush=True)
         if not args.tiny and "int8" in args.qk_dtype:  # the same scheme in Gluon, MMAs left in flight
             try:
-                from reelsmith.engine.models.attention_fp8_gluon import STAGE_CHOICES, gluon_fp8_attention
+                from reelsmith.engine.models.attention_fp8_gluon import (STAGE_CHOICES, gluon_fp8_attention,
+                                                                         stages_name)
             except ImportError as error:
                 print(f"  gluon: not importable ({error})", flush=True)
             else:
                 for stages in STAGE_CHOICES:
-                    record(f"fp8 int8 gluon k{stages[0]}v{stages[1]}",
+                    record(f"fp8 int8 gluon {stages_name(stages)}",
                            lambda stages=stages: gluon_fp8_attention(q, k, v, "bshd", k_stages=stages[0],
                                                                      v_stages=stages[1]), quant_s)
         if not args.tiny:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
@@ -356,7 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
     parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn", "gluon"],
-                        help="the forward's fp8 implementation: our Triton kernel or cuDNN's FP8 attention")
+                        help="the forward's fp8 implementation: our Triton kernel, cuDNN's FP8 attention or our "
+                             "Gluon kernel")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)
     parser.add_argument("--sample-steps", type=int, default=0,

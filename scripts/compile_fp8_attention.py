@@ -38,6 +38,10 @@ import_engine_only()  # `reelsmith.engine` without the ComfyUI node layer
 HOPPER_SHARED_MEMORY = 228 * 1024  # per multiprocessor, H100 and H200
 SHARED_MEMORY_RESERVED_PER_PROGRAM = 1024  # the driver keeps 1 KB of each block's shared memory
 HOPPER_REGISTERS = 64 * 1024  # 32-bit registers per multiprocessor
+# the arguments both kernels take after their three Q, K, V sources
+SCALES_AND_OUTPUT = {"q_scales_ptr": "*fp32", "k_scales_ptr": "*fp32", "v_scales_ptr": "*fp32", "v_means_ptr": "*fp32",
+                     "out_ptr": "*bf16", "S": "i32", "S_pad": "i32", "H": "i32",
+                     "sob": "i64", "soh": "i64", "sos": "i64", "sod": "i64"}
 SASS_LINE = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*);")
 
 
@@ -52,9 +56,7 @@ def kernel_signature(config, head_dim: int, qk_int8: bool) -> tuple[dict, dict]:
                    "v_src": f"tensordesc<fp8e4nv[{head_dim},{config.block_n}]>"}
     else:
         sources = {"q_src": f"*{qk_type}", "k_src": f"*{qk_type}", "v_src": "*fp8e4nv"}
-    signature = {**sources, "q_scales_ptr": "*fp32", "k_scales_ptr": "*fp32", "v_scales_ptr": "*fp32",
-                 "v_means_ptr": "*fp32", "out_ptr": "*bf16", "S": "i32", "S_pad": "i32", "H": "i32",
-                 "sob": "i64", "soh": "i64", "sos": "i64", "sod": "i64"}
+    signature = {**sources, **SCALES_AND_OUTPUT}
     constants = {"D": head_dim, "Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "QK_INT8": qk_int8, "ROUND_FIRST": False,
                  **config.kernel_constants()}
     signature.update({name: "constexpr" for name in constants})
@@ -148,15 +150,12 @@ def compile_gluon(head_dim: int, stages: tuple[int, int]) -> dict:
     from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
     from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
 
-    row = {"config": f"gluon-k{stages[0]}v{stages[1]}", "head_dim": head_dim, "qk_dtype": "int8"}
+    row = {"config": f"gluon-{gluon_kernel.stages_name(stages)}", "head_dim": head_dim, "qk_dtype": "int8"}
     query, key, value = gluon_kernel.shared_layouts(head_dim)
     block_m, block_n = gluon_kernel.BLOCK_M, gluon_kernel.BLOCK_N
     signature = {"q_desc": f"tensordesc<i8[{block_m},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{block_n},{head_dim}],{key!r}>",
-                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>",
-                 "q_scales_ptr": "*fp32", "k_scales_ptr": "*fp32", "v_scales_ptr": "*fp32", "v_means_ptr": "*fp32",
-                 "out_ptr": "*bf16", "S": "i32", "S_pad": "i32", "H": "i32",
-                 "sob": "i64", "soh": "i64", "sos": "i64", "sod": "i64"}
+                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>", **SCALES_AND_OUTPUT}
     constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": stages[0], "V_STAGES": stages[1]}
     signature.update({name: "constexpr" for name in constants})
     try:

@@ -5,13 +5,14 @@ flight: the next key block's Q.K^T runs on the tensor cores while this block's s
 it, which is where the Triton kernel loses half of the FP8 peak.
 
 One warpgroup (4 warps) per program and 64 query rows; key blocks of 128. Per block j, in order:
-  1. TMA load of K[j+2] into the K slot block j used (its Q.K^T is done)
+  1. TMA load of K[j + K_STAGES] into the K slot block j used (its Q.K^T is done)
   2. issue S[j+1] = Q.K[j+1]^T (async)
-  3. softmax of S[j] (row maxima, P in e4m3), while S[j+1] and P.V[j-1] run
-  4. wait for P.V[j-1] (leaving S[j+1] in flight); TMA load of V[j+2] into its slot; rescale acc
-  5. issue acc += P[j].V[j] (async)
-  6. wait for S[j+1] (leaving P.V[j] in flight)
-The last block (masked where the sequence ends inside it) is peeled off the loop.
+  3. softmax of S[j] (row maxima, P in e4m3) while S[j+1] runs
+  4. rescale acc, issue acc += P[j].V[j] (async), wait for both MMAs
+  5. TMA load of V[j + V_STAGES] into the V slot block j used
+Nothing in flight crosses the loop's back edge: where a register copy could touch an in-flight MMA's registers,
+ptxas serialises every MMA of the kernel. The last block (masked where the sequence ends inside it) is peeled
+off the loop.
 
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
 """
@@ -183,6 +184,10 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
 BLOCK_M = 64
 BLOCK_N = 128
 STAGE_CHOICES = ((2, 2), (2, 3), (3, 3))  # (K blocks, V blocks) in shared memory
+
+
+def stages_name(stages: tuple[int, int]) -> str:
+    return f"k{stages[0]}v{stages[1]}"
 
 
 def shared_layouts(dim: int):
