@@ -38,8 +38,11 @@ MODELS = {"t2v-a14b": ("wan", "t2v-a14b"), "i2v-a14b": ("wan", "i2v-a14b"), "ti2
           "ltx-2b": ("ltx", "2b"), "ltx-13b": ("ltx", "13b")}
 # dense peaks (TFLOP/s) by GPU name fragment: bf16, fp8
 DENSE_PEAKS = {"H200": (989.0, 1979.0), "H100": (989.0, 1979.0), "B200": (2250.0, 4500.0)}
-# whole-clip recipe per model: (steps, forwards per step with CFG)
-CLIP_RECIPES = {"t2v-a14b": (40, 2), "i2v-a14b": (40, 2), "ti2v-5b": (50, 2), "ltx-2b": (40, 1), "ltx-13b": (30, 2)}
+# whole-clip recipes: (model, recipe, steps, forwards per step: 2 with CFG, 1 at CFG 1). A distillation LoRA is
+# merged into the weights at load, so its forward costs the same as the base model's.
+CLIP_RECIPES = (("t2v-a14b", "40 steps, CFG", 40, 2), ("t2v-a14b", "4-step distillation LoRA, CFG 1", 4, 1),
+                ("i2v-a14b", "40 steps, CFG", 40, 2), ("ti2v-5b", "50 steps, CFG", 50, 2),
+                ("ltx-2b", "40 steps", 40, 1), ("ltx-13b", "30 steps, CFG", 30, 2))
 
 
 def gpu_facts() -> dict:
@@ -204,7 +207,7 @@ def clip_estimates(rows: list[dict]) -> list[dict]:
     """Whole clip = steps x forwards per step x the fastest Reelsmith forward + text encode + VAE decode."""
     out = []
     forwards = [r for r in rows if r.get("implementation") == "reelsmith"]
-    for name, (steps, per_step) in CLIP_RECIPES.items():
+    for name, recipe, steps, per_step in CLIP_RECIPES:
         for size in sorted({r["size"] for r in forwards if r["model"] == name}):
             best = min((r for r in forwards if r["model"] == name and r["size"] == size),
                        key=lambda r: r["seconds_per_forward"])
@@ -214,7 +217,7 @@ def clip_estimates(rows: list[dict]) -> list[dict]:
                            and r["model_family"] == best["model_family"] and r["size"] == size
                            and (r["model"] == name or best["model_family"] == "ltx")), None)
             total = steps * per_step * best["seconds_per_forward"] + (text or 0) + (decode or 0)
-            out.append(dict(variant=name, size=size, steps=steps, forwards_per_step=per_step,
+            out.append(dict(variant=name, recipe=recipe, size=size, steps=steps, forwards_per_step=per_step,
                             path=f"{best['precision']}/{best['attention']}/{best['compile']}",
                             text_encode_s=text, vae_decode_s=decode, estimate_s=round(total, 1)))
     return out
@@ -240,9 +243,9 @@ def markdown(rows: list[dict], clips: list[dict], facts: dict) -> str:
         lines += [f"| {r['component']} | {r.get('model', r['model_family'])} | {r.get('size', '-')} | "
                   f"{r['seconds']} | {r['peak_gib']} |" for r in components]
     if clips:
-        lines += ["", "| whole clip (estimate) | size | steps x forwards | path | text s | decode s | total s |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['variant']} | {c['size']} | {c['steps']} x {c['forwards_per_step']} | {c['path']} | "
+        lines += ["", "| whole clip (estimate) | recipe | size | steps x forwards | path | text s | decode s | total s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['variant']} | {c['recipe']} | {c['size']} | {c['steps']} x {c['forwards_per_step']} | {c['path']} | "
                   f"{c['text_encode_s']} | {c['vae_decode_s']} | {c['estimate_s']} |" for c in clips]
     return "\n".join(lines)
 

@@ -59,3 +59,16 @@ def test_rows_ratio_and_table_merge(tmp_path):
     bench.merge_into_table(path, [ours])
     merged = json.loads(path.read_text())
     assert sorted(r["seconds_per_forward"] for r in merged) == [3.0, 5.0]  # same key replaced, others kept
+
+
+def test_clip_estimates_use_the_fastest_forward_and_both_a14b_recipes():
+    rows = [_row("reelsmith", 8.0), _row("reelsmith", 9.0), _row("comfyui-native", 7.0),
+            dict(model_family="wan", component="text_encode", seconds=0.5),
+            dict(model_family="wan", variant="t2v-a14b", model="t2v-a14b", size="720p", component="vae_decode",
+                 seconds=3.0)]
+    clips = {c["recipe"]: c for c in bench.clip_estimates(rows) if c["variant"] == "t2v-a14b"}
+    # ComfyUI's forward is never the clip's forward; CFG doubles the forwards per step; 4-step LoRA runs at CFG 1
+    assert clips["40 steps, CFG"]["estimate_s"] == pytest.approx(40 * 2 * 8.0 + 0.5 + 3.0)
+    assert clips["4-step distillation LoRA, CFG 1"]["estimate_s"] == pytest.approx(4 * 8.0 + 0.5 + 3.0)
+    table = bench.markdown([], list(clips.values()), {"gpu": "G", "driver": "D", "torch": "T", "date": "X"})
+    assert "| t2v-a14b | 4-step distillation LoRA, CFG 1 | 720p | 4 x 1 |" in table
