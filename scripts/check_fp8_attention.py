@@ -7,7 +7,7 @@ projections times per-channel gains of 1-3, K with a per-channel offset that smo
 cosine similarity and relative error of each path against exact attention (fp32 inputs, fp32 accumulation),
 and the time per call of every kernel config (with the quantisation's share), cuDNN SDPA and flash SDPA,
 with TFLOP/s = 4 * S^2 * D * heads * batch / t, plus cuDNN's FP8 attention and the Gluon kernel
-(engine/models/attention_fp8_gluon.py) at each of its stage choices. A config that fails to compile or run is
+(engine/models/attention_fp8_gluon.py) in each of its GluonConfigs. A config that fails to compile or run is
 reported and the others go on. Writes a JSON file and a markdown table (same name, .md).
 
     python scripts/check_fp8_attention.py                                  # all shapes, all configs
@@ -222,15 +222,13 @@ def check_kernels(args) -> list[dict]:
                     print(f"    autotune chose {best}", flush=True)
         if not args.tiny and "int8" in args.qk_dtype:  # the same scheme in Gluon, MMAs left in flight
             try:
-                from reelsmith.engine.models.attention_fp8_gluon import (STAGE_CHOICES, gluon_fp8_attention,
-                                                                         stages_name)
+                from reelsmith.engine.models.attention_fp8_gluon import GLUON_CONFIGS, gluon_fp8_attention
             except ImportError as error:
                 print(f"  gluon: not importable ({error})", flush=True)
             else:
-                for stages in STAGE_CHOICES:
-                    record(f"fp8 int8 gluon {stages_name(stages)}",
-                           lambda stages=stages: gluon_fp8_attention(q, k, v, "bshd", k_stages=stages[0],
-                                                                     v_stages=stages[1]), quant_s)
+                for gluon_config in GLUON_CONFIGS:
+                    record(f"fp8 int8 gluon {gluon_config.name}",
+                           lambda c=gluon_config: gluon_fp8_attention(q, k, v, "bshd", c), quant_s)
         if not args.tiny:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
             from reelsmith.engine.models.attention_fp8_cudnn import cudnn_fp8_attention
             record("cudnn fp8 (frontend sdpa_fp8)", lambda: cudnn_fp8_attention(q, k, v))

@@ -141,8 +141,8 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
     return profile_compiled(row, compiled, config.num_warps)
 
 
-def compile_gluon(head_dim: int, stages: tuple[int, int]) -> dict:
-    """The Gluon kernel (engine/models/attention_fp8_gluon.py) with K and V blocks in `stages` buffers."""
+def compile_gluon(head_dim: int, config) -> dict:
+    """The Gluon kernel (engine/models/attention_fp8_gluon.py) in one of its GluonConfigs."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -150,21 +150,21 @@ def compile_gluon(head_dim: int, stages: tuple[int, int]) -> dict:
     from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
     from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
 
-    row = {"config": f"gluon-{gluon_kernel.stages_name(stages)}", "head_dim": head_dim, "qk_dtype": "int8"}
-    query, key, value = gluon_kernel.shared_layouts(head_dim)
-    block_m, block_n = gluon_kernel.BLOCK_M, gluon_kernel.BLOCK_N
+    row = {"config": f"gluon-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
+    query, key, value = gluon_kernel.shared_layouts(head_dim, config.block_m)
+    block_m, block_n = config.block_m, gluon_kernel.BLOCK_N
     signature = {"q_desc": f"tensordesc<i8[{block_m},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{block_n},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": stages[0], "V_STAGES": stages[1]}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages}
     signature.update({name: "constexpr" for name in constants})
     try:
         compiled = triton.compile(GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),
-                                  target=GPUTarget("cuda", 90, 128), options={"num_warps": 4})
+                                  target=GPUTarget("cuda", 90, 128), options={"num_warps": config.num_warps})
     except Exception as error:  # reported per config; the others go on
         row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
         return row
-    return profile_compiled(row, compiled, 4)
+    return profile_compiled(row, compiled, config.num_warps)
 
 
 def main(argv=None) -> int:
@@ -175,13 +175,13 @@ def main(argv=None) -> int:
                         default=list(attention_fp8.FP8_ATTENTION_CONFIGS))
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128], default=[64, 128])
     parser.add_argument("--qk-dtype", nargs="+", choices=["int8", "fp8"], default=["int8"])
-    parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every stage choice")
+    parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every GluonConfig")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = [compile_config(name, dim, qk) for name in args.configs for dim in args.head_dims for qk in args.qk_dtype]
     if args.gluon:
-        from reelsmith.engine.models.attention_fp8_gluon import STAGE_CHOICES
-        rows += [compile_gluon(dim, stages) for stages in STAGE_CHOICES for dim in args.head_dims]
+        from reelsmith.engine.models.attention_fp8_gluon import GLUON_CONFIGS
+        rows += [compile_gluon(dim, config) for config in GLUON_CONFIGS for dim in args.head_dims]
     print("| config | head dim | Q.K | shared KB | registers | programs/SM | loop instr. | exp2 (MUFU) | FP8 cvt | "
           "FMA pipe | exp2 during MMA |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

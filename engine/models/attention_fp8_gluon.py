@@ -4,7 +4,8 @@ flight: the next key block's Q.K^T runs on the tensor cores while this block's s
 (FlashAttention-3's intra-warpgroup overlap). Triton's own compiler waits for every Q.K^T right after issuing
 it, which is where the Triton kernel loses half of the FP8 peak.
 
-One warpgroup (4 warps) per program and 64 query rows; key blocks of 128. Per block j, in order:
+One warpgroup (4 warps) per 64 query rows: a program of 64 rows (two programs share a multiprocessor) or of 128
+rows (two warpgroups sharing each K and V block in shared memory); key blocks of 128. Per block j, in order:
   1. TMA load of K[j + K_STAGES] into the K slot block j used (its Q.K^T is done)
   2. issue S[j+1] = Q.K[j+1]^T (async)
   3. softmax of S[j] (row maxima, P in e4m3) while S[j+1] runs
@@ -18,6 +19,8 @@ Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon t
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -78,9 +81,11 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+    WARPS: gl.constexpr = BLOCK_M // 16  # one warpgroup per 64 rows
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 32])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, D, 32])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
@@ -181,23 +186,38 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(offs_m < S, 1))
 
 
-BLOCK_M = 64
 BLOCK_N = 128
-STAGE_CHOICES = ((2, 2), (2, 3), (3, 3))  # (K blocks, V blocks) in shared memory
 
 
-def stages_name(stages: tuple[int, int]) -> str:
-    return f"k{stages[0]}v{stages[1]}"
+@dataclass(frozen=True)
+class GluonConfig:
+    """Query rows per program (64: one warpgroup; 128: two) and K / V blocks kept in shared memory."""
+    block_m: int = 64
+    k_stages: int = 2
+    v_stages: int = 2
+
+    @property
+    def name(self) -> str:
+        return f"m{self.block_m}k{self.k_stages}v{self.v_stages}"
+
+    @property
+    def num_warps(self) -> int:
+        return self.block_m // 16
 
 
-def shared_layouts(dim: int):
+GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 2, 3), GluonConfig(64, 3, 3), GluonConfig(128, 2, 2),
+                 GluonConfig(128, 3, 3))
+DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[0]
+
+
+def shared_layouts(dim: int, block_m: int = 64):
     """Shared-memory layouts of the Q, K and V^T blocks (what TMA writes and the MMAs read)."""
-    return (gl.NVMMASharedLayout.get_default_for([BLOCK_M, dim], gl.int8),
+    return (gl.NVMMASharedLayout.get_default_for([block_m, dim], gl.int8),
             gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], gl.int8),
             gl.NVMMASharedLayout.get_default_for([dim, BLOCK_N], gl.float8e4nv))
 
 
-def gluon_fp8_attention(q, k, v, layout: str = "bshd", *, k_stages: int = 2, v_stages: int = 2):
+def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEFAULT_GLUON_CONFIG):
     """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the Gluon kernel.
     Hopper only: Gluon has no CPU interpreter."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -209,17 +229,18 @@ def gluon_fp8_attention(q, k, v, layout: str = "bshd", *, k_stages: int = 2, v_s
         raise ValueError(f"the Gluon kernel takes one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
     dim = qkv.q.shape[-1]
     rows = qkv.batch * qkv.heads * qkv.padded
-    query_layout, key_layout, value_layout = shared_layouts(dim)
-    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [BLOCK_M, dim], query_layout)
+    query_layout, key_layout, value_layout = shared_layouts(dim, config.block_m)
+    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [config.block_m, dim], query_layout)
     k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [BLOCK_N, dim], key_layout)
     v_desc = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
                               [dim, BLOCK_N], value_layout)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    grid = (triton.cdiv(qkv.tokens, BLOCK_M), qkv.batch * qkv.heads)
+    grid = (triton.cdiv(qkv.tokens, config.block_m), qkv.batch * qkv.heads)
     _fp8_attention_gluon_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales,
                                       qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
                                       *logical_strides(out, layout), Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group,
-                                      K_STAGES=k_stages, V_STAGES=v_stages, num_warps=4)
+                                      K_STAGES=config.k_stages, V_STAGES=config.v_stages,
+                                      num_warps=config.num_warps)
     return out
 
 
