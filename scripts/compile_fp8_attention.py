@@ -88,10 +88,13 @@ def sass_profile(cubin: bytes) -> dict | None:
         if start is not None and start < i and i - start > 100:  # the loop, not a barrier's spin wait
             loop = [op for _, op, _ in instructions[start:i + 1]]
             counts = collections.Counter(op.split(".")[0] for op in loop)
-            overlapped, in_flight = 0, False  # exp2s issued between an MMA and the next wait for MMAs
-            for op in loop:
-                in_flight = (in_flight or "GMMA" in op) and not op.startswith("WARPGROUP.DEPBAR")
-                overlapped += in_flight and op.startswith("MUFU.EX2")
+            overlapped, in_flight = 0, 0  # exp2s issued while a group of MMAs is outstanding
+            for _, op, operands in instructions[start:i + 1]:
+                if "GMMA" in op and "gsb0" in operands:  # the last MMA of a group
+                    in_flight += 1
+                elif op.startswith("WARPGROUP.DEPBAR"):  # wait until at most N groups are outstanding
+                    in_flight = min(in_flight, int(operands.rsplit(",", 1)[1], 16))
+                overlapped += in_flight > 0 and op.startswith("MUFU.EX2")
             profile["main_loop"] = {
                 "instructions": i + 1 - start, "special_function": counts["MUFU"], "fp8_conversions": counts["F2FP"],
                 "fma_pipe": counts["FFMA"] + counts["FADD"] + counts["FMUL"],
@@ -156,7 +159,8 @@ def compile_gluon(head_dim: int, config) -> dict:
     signature = {"q_desc": f"tensordesc<i8[{block_m},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{block_n},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages,
+                 "P_SHARED": config.p_shared}
     signature.update({name: "constexpr" for name in constants})
     try:
         compiled = triton.compile(GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),

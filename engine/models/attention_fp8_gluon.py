@@ -33,6 +33,7 @@ from .attention_custom_op import attention_custom_op
 
 # Triton 3.9 renamed the TMA load (3.6, beside torch 2.11, has only the old name)
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+_thread_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier  # renamed likewise
 
 LOG2_FP8_MAX = gl.constexpr(8.807354922057604)  # P = exp2(score - row max + this) lies in [0, 448]
 INT_AS_FLOAT_BITS = gl.constexpr(0x4B400000)    # see attention_fp8.py
@@ -64,20 +65,68 @@ def _softmax(s_int, row_max, row_sum, q_scales, k_scales_base, start_n, S, K_GRO
 
 
 @gluon.jit
-def _issue_pv(acc, alpha, p8, v_smem, v_bars, block, V_STAGES: gl.constexpr, o_layout: gl.constexpr,
-              p_layout: gl.constexpr):
-    """acc rescaled by alpha, then acc += P.V[block] issued (in flight: the caller waits)."""
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+def _keep_p(p8, p_smem, block, p_layout: gl.constexpr, P_SHARED: gl.constexpr):
+    """P[block] where the P.V MMA will read it: written to shared memory (P_SHARED), or in registers in the MMA
+    operand's layout (carried across the loop, e4m3 values sit two per register and are repacked per block)."""
+    if P_SHARED:
+        p_smem.index(block % 2).store(p8)
+        fence_async_shared()  # the MMA reads through the async proxy
+        _thread_barrier()     # every warp's part of P is written
+    return gl.convert_layout(p8, p_layout)  # dead where P_SHARED: the compiler drops it
+
+
+@gluon.jit
+def _issue_pv(acc, p_regs, p_smem, v_smem, v_bars, block, V_STAGES: gl.constexpr, P_SHARED: gl.constexpr):
+    """acc += P[block].V[block], issued (in flight: the caller waits)."""
     v_slot = block % V_STAGES
     mbarrier.wait(v_bars.index(v_slot), (block // V_STAGES) & 1)
-    return warpgroup_mma(gl.convert_layout(p8, p_layout), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
+    if P_SHARED:
+        return warpgroup_mma(p_smem.index(block % 2), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
+    return warpgroup_mma(p_regs, v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
+
+
+@gluon.jit
+def _step(j, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_bars, k_desc, v_desc, k_row,
+          v_row, q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr,
+          V_STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
+          col_layout: gl.constexpr, P_SHARED: gl.constexpr, MASK: gl.constexpr):
+    """acc += P[j].V[j] and block j+1's softmax, both MMAs in flight during the softmax. On entry P[j] is kept
+    (_keep_p, taken against the current row maxima); on return P[j+1], and acc is rescaled to its maxima."""
+    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    BLOCK_M: gl.constexpr = q_smem.shape[0]
+    # K[j + K_STAGES] into the slot S[j] read (S[j] was waited for)
+    k_slot = j % K_STAGES
+    reload = j + K_STAGES < blocks
+    mbarrier.expect(k_bars.index(k_slot), k_desc.block_type.nbytes, pred=reload)
+    _tma_load(k_desc, [k_row + (j + K_STAGES) * BLOCK_N, 0], k_bars.index(k_slot), k_smem.index(k_slot),
+              pred=reload)
+    # issue S[j+1] = Q.K[j+1]^T, then acc += P[j].V[j]: the tensor cores run both back to back
+    next_slot = (j + 1) % K_STAGES
+    mbarrier.wait(k_bars.index(next_slot), ((j + 1) // K_STAGES) & 1)
+    s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, BLOCK_M, BLOCK_N)
+    acc = _issue_pv(acc, p_regs, p_smem, v_smem, v_bars, j, V_STAGES, P_SHARED)
+    # block j+1's softmax once its scores are in, while P[j].V[j] runs (P[j+1] goes to the other P buffer)
+    s_next = warpgroup_mma_wait(1, deps=(s_next, ))
+    p8, row_max, row_sum, alpha = _softmax(s_next, row_max, row_sum, q_scales, k_scales_base, (j + 1) * BLOCK_N,
+                                           S, K_GROUP, col_layout, BLOCK_N, MASK)
+    p_regs = _keep_p(p8, p_smem, j + 1, p_layout, P_SHARED)
+    # acc to block j+1's row maxima once P[j].V[j] is in; then V[j + V_STAGES] into the slot it read. Nothing in
+    # flight crosses the loop's back edge (where a register copy could touch an in-flight MMA's registers, ptxas
+    # serialises every MMA of the kernel)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    v_slot = j % V_STAGES
+    v_load = j + V_STAGES
+    mbarrier.expect(v_bars.index(v_slot), v_desc.block_type.nbytes, pred=v_load < blocks)
+    _tma_load(v_desc, [v_row, v_load * BLOCK_N], v_bars.index(v_slot), v_smem.index(v_slot), pred=v_load < blocks)
+    return acc, p_regs, row_max, row_sum
 
 
 @gluon.jit
 def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr,
                                 out_ptr, S, S_pad, H, sob, soh, sos, sod,
                                 Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr,
-                                V_STAGES: gl.constexpr):
+                                V_STAGES: gl.constexpr, P_SHARED: gl.constexpr):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -99,6 +148,8 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_STAGES] + v_desc.block_type.shape, v_desc.layout)
+    p_smem = gl.allocate_shared_memory(gl.float8e4nv, [2 if P_SHARED else 1, BLOCK_M, BLOCK_N],
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], gl.float8e4nv))
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_bars = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
     v_bars = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
@@ -129,41 +180,24 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     row_sum = gl.zeros([BLOCK_M], gl.float32, row_layout)
     acc = gl.zeros([BLOCK_M, D], gl.float32, o_layout)
 
+    # block 0's scores and softmax (masked: it may be the only block)
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_bars.index(0), 0)
-    s_cur = _issue_scores(q_smem, k_smem.index(0), s_layout, BLOCK_M, BLOCK_N)
-    s_cur = warpgroup_mma_wait(0, deps=(s_cur, ))
-
-    for j in range(0, blocks - 1):
-        k_slot = j % K_STAGES
-        # 1. K[j + K_STAGES] into the slot S[j] read (S[j] is complete)
-        reload = j + K_STAGES < blocks
-        mbarrier.expect(k_bars.index(k_slot), k_desc.block_type.nbytes, pred=reload)
-        _tma_load(k_desc, [k_row + (j + K_STAGES) * BLOCK_N, 0], k_bars.index(k_slot),
-                  k_smem.index(k_slot), pred=reload)
-        # 2. the next block's scores, left in flight
-        next_slot = (j + 1) % K_STAGES
-        mbarrier.wait(k_bars.index(next_slot), ((j + 1) // K_STAGES) & 1)
-        s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, BLOCK_M, BLOCK_N)
-        # 3. this block's softmax while they run
-        p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, q_scales, k_scales_base, j * BLOCK_N, S,
-                                               K_GROUP, col_layout, BLOCK_N, False)
-        # 4. acc += P.V[j] behind them; then both are waited for (nothing in flight crosses the loop's back
-        # edge: ptxas serialises every MMA of a kernel where a register copy could touch one in flight)
-        acc = _issue_pv(acc, alpha, p8, v_smem, v_bars, j, V_STAGES, o_layout, p_layout)
-        acc, s_cur = warpgroup_mma_wait(0, deps=(acc, s_next))
-        # 5. V[j + V_STAGES] into the slot P.V[j] read
-        v_slot = j % V_STAGES
-        v_load = j + V_STAGES
-        mbarrier.expect(v_bars.index(v_slot), v_desc.block_type.nbytes, pred=v_load < blocks)
-        _tma_load(v_desc, [v_row, v_load * BLOCK_N], v_bars.index(v_slot),
-                  v_smem.index(v_slot), pred=v_load < blocks)
-
-    # the last block: masked where the sequence ends inside it
-    last = blocks - 1
-    p8, row_max, row_sum, alpha = _softmax(s_cur, row_max, row_sum, q_scales, k_scales_base, last * BLOCK_N, S,
-                                           K_GROUP, col_layout, BLOCK_N, True)
-    acc = _issue_pv(acc, alpha, p8, v_smem, v_bars, last, V_STAGES, o_layout, p_layout)
+    s_first = warpgroup_mma_wait(0, deps=(_issue_scores(q_smem, k_smem.index(0), s_layout, BLOCK_M, BLOCK_N), ))
+    p8, row_max, row_sum, alpha = _softmax(s_first, row_max, row_sum, q_scales, k_scales_base, 0, S, K_GROUP,
+                                           col_layout, BLOCK_N, True)
+    p_regs = _keep_p(p8, p_smem, 0, p_layout, P_SHARED)
+    for j in range(0, blocks - 2):
+        acc, p_regs, row_max, row_sum = _step(j, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem, p_smem,
+                                              k_bars, v_bars, k_desc, v_desc, k_row, v_row, q_scales,
+                                              k_scales_base, S, blocks, K_GROUP, K_STAGES, V_STAGES, s_layout,
+                                              o_layout, p_layout, col_layout, P_SHARED, False)
+    if blocks > 1:  # the last block's softmax, masked where the sequence ends inside it
+        acc, p_regs, row_max, row_sum = _step(blocks - 2, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem,
+                                              p_smem, k_bars, v_bars, k_desc, v_desc, k_row, v_row, q_scales,
+                                              k_scales_base, S, blocks, K_GROUP, K_STAGES, V_STAGES, s_layout,
+                                              o_layout, p_layout, col_layout, P_SHARED, True)
+    acc = _issue_pv(acc, p_regs, p_smem, v_smem, v_bars, blocks - 1, V_STAGES, P_SHARED)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
 
     mbarrier.invalidate(q_bar)
@@ -191,22 +225,25 @@ BLOCK_N = 128
 
 @dataclass(frozen=True)
 class GluonConfig:
-    """Query rows per program (64: one warpgroup; 128: two) and K / V blocks kept in shared memory."""
+    """Query rows per program (64: one warpgroup; 128: two), K / V blocks kept in shared memory, and where P waits
+    for its P.V MMA (registers, or shared memory: no repacking, fewer registers, a store and a barrier)."""
     block_m: int = 64
     k_stages: int = 2
     v_stages: int = 2
+    p_shared: bool = False
 
     @property
     def name(self) -> str:
-        return f"m{self.block_m}k{self.k_stages}v{self.v_stages}"
+        return f"m{self.block_m}k{self.k_stages}v{self.v_stages}" + ("-psmem" if self.p_shared else "")
 
     @property
     def num_warps(self) -> int:
         return self.block_m // 16
 
 
-GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 2, 3), GluonConfig(64, 3, 3), GluonConfig(128, 2, 2),
-                 GluonConfig(128, 3, 3))
+# 128 rows with P in registers is left out: compiled, its softmax waits for P.V (no overlap)
+GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 3, 3), GluonConfig(64, 2, 2, True), GluonConfig(64, 2, 3, True),
+                 GluonConfig(128, 2, 2, True))
 DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[0]
 
 
@@ -239,7 +276,7 @@ def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEF
     _fp8_attention_gluon_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales,
                                       qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
                                       *logical_strides(out, layout), Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group,
-                                      K_STAGES=config.k_stages, V_STAGES=config.v_stages,
+                                      K_STAGES=config.k_stages, V_STAGES=config.v_stages, P_SHARED=config.p_shared,
                                       num_warps=config.num_warps)
     return out
 
