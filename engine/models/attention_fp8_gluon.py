@@ -1,19 +1,26 @@
 """The FP8 attention kernel's arithmetic (attention_fp8.py: INT8 Q.K with per-group scales, K and V smoothed, P
 and V in e4m3) written in Gluon, Triton's lower-level language, so that the warpgroup MMAs can be left in
-flight: the next key block's Q.K^T runs on the tensor cores while this block's softmax runs on the CUDA cores
-(FlashAttention-3's intra-warpgroup overlap). Triton's own compiler waits for every Q.K^T right after issuing
-it, which is where the Triton kernel loses half of the FP8 peak.
+flight while the softmax runs on the CUDA cores (FlashAttention-3's intra-warpgroup overlap), which Triton's
+own compiler does not do (it waits for every Q.K^T right after issuing it).
 
 One warpgroup (4 warps) per 64 query rows: a program of 64 rows (two programs share a multiprocessor) or of 128
-rows (two warpgroups sharing each K and V block in shared memory); key blocks of 128. Per block j, in order:
+rows (two warpgroups sharing each K and V block in shared memory); key blocks of 128. Per block j, in order
+(_step), with P[j] already computed:
   1. TMA load of K[j + K_STAGES] into the K slot block j used (its Q.K^T is done)
-  2. issue S[j+1] = Q.K[j+1]^T (async)
-  3. softmax of S[j] (row maxima, P in e4m3) while S[j+1] runs
-  4. rescale acc, issue acc += P[j].V[j] (async), wait for both MMAs
+  2. issue S[j+1] = Q.K[j+1]^T, then acc += P[j].V[j] (both async, back to back on the tensor cores)
+  3. wait for S[j+1]; its softmax (row maxima, P[j+1] in e4m3) while P[j].V[j] runs
+  4. wait for P[j].V[j]; rescale acc to the new row maxima
   5. TMA load of V[j + V_STAGES] into the V slot block j used
 Nothing in flight crosses the loop's back edge: where a register copy could touch an in-flight MMA's registers,
-ptxas serialises every MMA of the kernel. The last block (masked where the sequence ends inside it) is peeled
-off the loop.
+ptxas serialises every MMA of the kernel. The last softmax (masked where the sequence ends inside its block) is
+peeled off the loop. P waits for its MMA in registers or (p_shared) in shared memory.
+
+Measured on an H100 (2026-12-07, Wan 720p per layer, scripts/check_fp8_attention.py): exactly the Triton
+kernel's accuracy, and slower: 149-154 ms with P in shared memory, 183 ms with P in registers (the e4m3 P
+carried across the loop is repacked every block), against the Triton kernel's 141 ms; an earlier loop that only
+kept the next Q.K^T in flight 144 ms. Two programs per multiprocessor already overlap one's MMAs with the
+other's softmax, and the limit is instructions per key block. Kept as the opt-in implementation 'gluon', the
+base for experiments that need explicit MMA waits or shared-memory control.
 
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
 """
@@ -244,7 +251,7 @@ class GluonConfig:
 # 128 rows with P in registers is left out: compiled, its softmax waits for P.V (no overlap)
 GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 3, 3), GluonConfig(64, 2, 2, True), GluonConfig(64, 2, 3, True),
                  GluonConfig(128, 2, 2, True))
-DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[0]
+DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[2]  # m64k2v2-psmem: the fastest measured (H100, Wan 720p)
 
 
 def shared_layouts(dim: int, block_m: int = 64):

@@ -16,7 +16,7 @@ Under diffusers' Ulysses sequence split (several GPUs) the processors make the h
 custom op, so torch.compile keeps the block in one graph), 'cudnn' (cuDNN's fused FP8 attention with the same
 smoothing, attention_fp8_cudnn.py; on an H100 5 % slower than the kernel and less
 accurate, so not `auto`'s choice), 'gluon' (the same arithmetic as 'triton' in Gluon, MMAs left in flight
-through the softmax, attention_fp8_gluon.py; not yet run on a GPU) or 'reference' (the PyTorch twin of our kernel's
+through the softmax, attention_fp8_gluon.py; as accurate, measured slower) or 'reference' (the PyTorch twin of our kernel's
 quantisation scheme: slow, for tests and CPU debugging).
 """
 
