@@ -138,7 +138,7 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
     try:
         compiled = triton.compile(ASTSource(attention_fp8._fp8_attention_kernel, signature, constants),
                                   target=GPUTarget("cuda", 90, 128),
-                                  options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+                                  options=config.launch_options())
     except Exception as error:  # reported per config; the others go on
         row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
         return row

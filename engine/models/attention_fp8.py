@@ -52,6 +52,9 @@ class Fp8AttentionConfig:
     # softmax row sums by the tensor cores (P times a block of ones, an MMA 1/8 the size of P.V) instead of
     # 64 adds per thread and key block on the CUDA cores, which are the kernel's limit
     sum_mma: bool = False
+    # a cap on registers per thread (ptxas' maxnreg): 168 lets three 4-warp programs share a multiprocessor
+    # (65,536 registers), where the softmax's latency needs more warps to hide it than two programs give
+    max_registers: int | None = None
 
     @property
     def name(self) -> str:
@@ -59,7 +62,16 @@ class Fp8AttentionConfig:
                                                               f"-acc{self.pv_promote}")
         loads = "" if self.loads == "pointer" else f"-{self.loads}"
         sums = "-summma" if self.sum_mma else ""
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{sums}"
+        registers = f"-r{self.max_registers}" if self.max_registers else ""
+        return (f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{sums}"
+                f"{registers}")
+
+    def launch_options(self) -> dict:
+        """Triton's compile options this config sets."""
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.max_registers:
+            options["maxnreg"] = self.max_registers
+        return options
 
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
@@ -68,14 +80,16 @@ class Fp8AttentionConfig:
 
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
-    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *sum_mma)
-               for m, n, w, s, promote, loads, *sum_mma in specs]
+    configs = [Fp8AttentionConfig(m, n, w, s, n if promote is None else promote, loads, *extra)
+               for m, n, w, s, promote, loads, *extra in specs]
     return {c.name: c for c in configs}
 
 
 FP8_ATTENTION_CONFIGS = _configs(
     (64, 128, 4, 3, 0, "tma"),
     (64, 128, 4, 3, 0, "tma", True),
+    (64, 128, 4, 2, 0, "tma", False, 168),
+    (64, 128, 4, 2, 0, "tma", True, 168),
     (64, 128, 4, 3, None, "tma"),
     (64, 128, 4, 3, None, "pointer"),
     (128, 64, 4, 3, 0, "tma"),
@@ -328,8 +342,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
             *arguments, **constants, USE_TMA=False)
     else:
         grid = (triton.cdiv(qkv.tokens, chosen.block_m), rows)
-        _fp8_attention_kernel[grid](*arguments, **constants, **chosen.kernel_constants(),
-                                    num_warps=chosen.num_warps, num_stages=chosen.num_stages)
+        _fp8_attention_kernel[grid](*arguments, **constants, **chosen.kernel_constants(), **chosen.launch_options())
     return out
 
 
