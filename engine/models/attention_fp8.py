@@ -90,6 +90,7 @@ FP8_ATTENTION_CONFIGS = _configs(
     (64, 128, 4, 3, 0, "tma", True),
     (64, 128, 4, 2, 0, "tma", False, 168),
     (64, 128, 4, 2, 0, "tma", True, 168),
+    (64, 128, 4, 3, 0, "tma", False, 128),  # head dim 64: four programs per multiprocessor
     (64, 128, 4, 3, None, "tma"),
     (64, 128, 4, 3, None, "pointer"),
     (128, 64, 4, 3, 0, "tma"),
