@@ -159,7 +159,7 @@ def test_unsupported_inputs_are_refused():
                                                    (64, "bhsd", "int8"), (128, "bhsd", "fp8")])
 def test_kernel_matches_reference_and_exact(dim, layout, qk_dtype):
     q, k, v = layer_inputs(dim=dim, layout=layout)  # 100 tokens: one full and one partial key block
-    config = kernel.FP8_ATTENTION_CONFIGS[kernel.DEFAULT_CONFIGS[dim]]
+    config = kernel.default_config(dim, tokens=100)
     out = kernel.fp8_attention(q, k, v, layout, qk_dtype=qk_dtype)
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
     reference = fp8_attention_reference(q, k, v, layout, qk_dtype=qk_dtype, block_n=config.block_n)
@@ -213,11 +213,15 @@ def test_named_configs_and_errors():
 
     for name, config in kernel.FP8_ATTENTION_CONFIGS.items():
         assert config.name == name and PAD % config.block_m == 0 and PAD % config.block_n == 0
-        assert kernel.resolve_config(name, 128) is config
+        assert kernel.resolve_config(name, 128, 75600) is config
     assert set(kernel.DEFAULT_CONFIGS) == {64, 128}
-    assert kernel.resolve_config("autotune", 64) == "autotune"
+    # short sequences (LTX) take three programs per multiprocessor, long ones (Wan) the 3-stage config
+    assert kernel.resolve_config("default", 128, 11440).name == "m64n128w4s2-fastacc-tma-r168"
+    assert kernel.resolve_config("default", 128, 75600).name == "m64n128w4s3-fastacc-tma"
+    assert kernel.resolve_config("default", 64, 11440).name == "m64n128w4s3-fastacc-tma-r128"
+    assert kernel.resolve_config("autotune", 64, 100) == "autotune"
     with pytest.raises(InvalidInputError, match="m128n64w4s3"):
-        kernel.resolve_config("huge", 64)
+        kernel.resolve_config("huge", 64, 100)
     q, k, v = layer_inputs(tokens=20)
     with pytest.raises(InvalidInputError, match="head dims"):
         kernel.fp8_attention(*(t[..., :32] for t in (q, k, v)))

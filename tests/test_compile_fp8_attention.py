@@ -42,3 +42,20 @@ def test_default_configs_compile_for_hopper(tmp_path):
     assert 64 <= loop["special_function"] <= 70 and loop["fp8_conversions"] == 32
     assert loop["instructions"] > loop["special_function"] + loop["fma_pipe"]
     assert "| m64n128w4s3-fastacc-tma | 128 | int8 |" in result.stdout
+
+
+def test_short_sequence_defaults_fit_more_programs_per_multiprocessor(tmp_path):
+    """The register caps the short-sequence defaults exist for: three programs per multiprocessor at head dim 128
+    (168 registers, two stages), four at head dim 64 (128 registers), without spilling."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    rows = {}
+    for config, dim in (("m64n128w4s2-fastacc-tma-r168", "128"), ("m64n128w4s3-fastacc-tma-r128", "64")):
+        out = tmp_path / f"{config}.json"
+        result = subprocess.run(
+            [sys.executable, str(PACK_ROOT / "scripts" / "compile_fp8_attention.py"), "--configs", config,
+             "--head-dims", dim, "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        rows[config] = json.loads(out.read_text())[0]
+    r168, r128 = rows["m64n128w4s2-fastacc-tma-r168"], rows["m64n128w4s3-fastacc-tma-r128"]
+    assert r168["registers"] <= 168 and r168["spill_bytes"] == 0 and r168["programs_per_sm"] == 3
+    assert r128["registers"] <= 128 and r128["spill_bytes"] == 0 and r128["programs_per_sm"] == 4

@@ -115,7 +115,15 @@ FP8_ATTENTION_CONFIGS = _configs(
 # 139.1 ms at 2.4x the error; issuing the next block's Q.K^T before this block's softmax compiles to a wait
 # right after it (no overlap) and 16 KB more shared memory; cuDNN's FP8 attention (implementation 'cudnn')
 # 147.4 ms at 2.4x the error.
-DEFAULT_CONFIGS = {64: "m64n128w4s3-fastacc-tma", 128: "m64n128w4s3-fastacc-tma"}
+# Same H100, 2026-12-07, one run (Wan 720p / 480p / LTX 13B / LTX 2B, ms per layer): this default 140.7 / 26.78 /
+# 3.40 / 2.55; row sums by MMA ('-summma', ~4 % fewer instructions) 142.3 / 27.7 / 3.33 / 2.56; three programs
+# per multiprocessor ('-r168', 2 stages) 142.1 / 27.0 / 3.15 / -; four at head dim 64 ('-r128') 2.48 (at head
+# dim 128, 128 registers spill: 7x slower). FP8 Q.K (11 % fewer instructions) was no faster either: neither
+# instruction count nor occupancy alone sets the long sequences' speed. The short sequences gain from more
+# programs per multiprocessor (fewer, fuller waves), so the default depends on the sequence length.
+# head dim -> ((up to this many tokens, config), ...): the first that fits
+DEFAULT_CONFIGS = {64: ((None, "m64n128w4s3-fastacc-tma-r128"), ),
+                   128: ((16384, "m64n128w4s2-fastacc-tma-r168"), (None, "m64n128w4s3-fastacc-tma"))}
 CONFIG_CHOICES = ("default", "autotune", *FP8_ATTENTION_CONFIGS)
 
 
@@ -287,11 +295,17 @@ def _autotuned():
     return _autotuned_kernel
 
 
-def resolve_config(config: str | Fp8AttentionConfig, head_dim: int) -> Fp8AttentionConfig | str:
+def default_config(head_dim: int, tokens: int) -> Fp8AttentionConfig:
+    """The measured-fastest config for this head dim and sequence length (DEFAULT_CONFIGS)."""
+    return next(FP8_ATTENTION_CONFIGS[name] for limit, name in DEFAULT_CONFIGS[head_dim]
+                if limit is None or tokens <= limit)
+
+
+def resolve_config(config: str | Fp8AttentionConfig, head_dim: int, tokens: int) -> Fp8AttentionConfig | str:
     if isinstance(config, Fp8AttentionConfig) or config == "autotune":
         return config
     if config == "default":
-        return FP8_ATTENTION_CONFIGS[DEFAULT_CONFIGS[head_dim]]
+        return default_config(head_dim, tokens)
     if config not in FP8_ATTENTION_CONFIGS:
         raise InvalidInputError(
             f"FP8 attention config '{config}' is not one of {', '.join(CONFIG_CHOICES)}.")
@@ -322,7 +336,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
                      config: str | Fp8AttentionConfig = "default") -> torch.Tensor:
     """Run the attention kernel on quantised inputs, writing into `out` (the input's shape and layout)."""
     dim = qkv.q.shape[-1]
-    chosen = resolve_config(config, dim)
+    chosen = resolve_config(config, dim, qkv.tokens)
     key_block = max(c.block_n for c in _autotune_configs()) if chosen == "autotune" else chosen.block_n
     if qkv.k_group % key_block:
         raise InvalidInputError(
