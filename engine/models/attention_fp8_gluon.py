@@ -19,7 +19,7 @@ Measured on an H100 (2026-12-07, Wan 720p per layer, scripts/check_fp8_attention
 kernel's accuracy, and slower: 149-154 ms with P in shared memory, 183 ms with P in registers (the e4m3 P
 carried across the loop is repacked every block), against the Triton kernel's 141 ms; an earlier loop that only
 kept the next Q.K^T in flight 144 ms. Two programs per multiprocessor already overlap one's MMAs with the
-other's softmax, and the limit is instructions per key block. Kept as the opt-in implementation 'gluon', the
+other's softmax (README, performance: what was measured after). Kept as the opt-in implementation 'gluon', the
 base for experiments that need explicit MMA waits or shared-memory control.
 
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
