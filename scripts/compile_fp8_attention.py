@@ -53,10 +53,9 @@ def kernel_signature(config, head_dim: int, qk_int8: bool) -> tuple[dict, dict]:
     if config.loads == "tma":
         sources = {"q_src": f"tensordesc<{qk_type}[{config.block_m},{head_dim}]>",
                    "k_src": f"tensordesc<{qk_type}[{config.block_n},{head_dim}]>",
-                   "v_src": f"tensordesc<fp8e4nv[{head_dim},{config.block_n}]>",
-                   "ones_src": f"tensordesc<fp8e4nv[16,{config.block_n}]>"}
+                   "v_src": f"tensordesc<fp8e4nv[{head_dim},{config.block_n}]>"}
     else:
-        sources = {"q_src": f"*{qk_type}", "k_src": f"*{qk_type}", "v_src": "*fp8e4nv", "ones_src": "*fp8e4nv"}
+        sources = {"q_src": f"*{qk_type}", "k_src": f"*{qk_type}", "v_src": "*fp8e4nv"}
     signature = {**sources, **SCALES_AND_OUTPUT}
     constants = {"D": head_dim, "Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "QK_INT8": qk_int8, "ROUND_FIRST": False,
                  **config.kernel_constants()}

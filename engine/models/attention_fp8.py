@@ -23,7 +23,6 @@ must be set before this module is imported) and is tested there against the refe
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +48,8 @@ class Fp8AttentionConfig:
     # 'pointer': plain tl.load of computed addresses; 'tma': tensor descriptors (Hopper's TMA engine loads
     # the blocks into shared memory, freeing registers and threads)
     loads: str = "pointer"
-    # softmax row sums by the tensor cores (P times a block of ones, an MMA 1/8 the size of P.V) instead of
-    # 64 adds per thread and key block on the CUDA cores, which are the kernel's limit
-    sum_mma: bool = False
     # a cap on registers per thread (ptxas' maxnreg): 168 lets three 4-warp programs share a multiprocessor
-    # (65,536 registers), where the softmax's latency needs more warps to hide it than two programs give
+    # (65,536 registers) at head dim 128, 128 four at head dim 64: fuller waves for short sequences
     max_registers: int | None = None
 
     @property
@@ -61,10 +57,8 @@ class Fp8AttentionConfig:
         promote = "" if self.pv_promote == self.block_n else ("-fastacc" if self.pv_promote == 0 else
                                                               f"-acc{self.pv_promote}")
         loads = "" if self.loads == "pointer" else f"-{self.loads}"
-        sums = "-summma" if self.sum_mma else ""
         registers = f"-r{self.max_registers}" if self.max_registers else ""
-        return (f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{sums}"
-                f"{registers}")
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{promote}{loads}{registers}"
 
     def launch_options(self) -> dict:
         """Triton's compile options this config sets."""
@@ -76,7 +70,7 @@ class Fp8AttentionConfig:
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, PV_PROMOTE=self.pv_promote,
-                    USE_TMA=self.loads == "tma", SUM_MMA=self.sum_mma)
+                    USE_TMA=self.loads == "tma")
 
 
 def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
@@ -87,10 +81,8 @@ def _configs(*specs) -> dict[str, Fp8AttentionConfig]:
 
 FP8_ATTENTION_CONFIGS = _configs(
     (64, 128, 4, 3, 0, "tma"),
-    (64, 128, 4, 3, 0, "tma", True),
-    (64, 128, 4, 2, 0, "tma", False, 168),
-    (64, 128, 4, 2, 0, "tma", True, 168),
-    (64, 128, 4, 3, 0, "tma", False, 128),  # head dim 64: four programs per multiprocessor
+    (64, 128, 4, 2, 0, "tma", 168),
+    (64, 128, 4, 3, 0, "tma", 128),  # head dim 64 only (at 128, 128 registers spill)
     (64, 128, 4, 3, None, "tma"),
     (64, 128, 4, 3, None, "pointer"),
     (128, 64, 4, 3, 0, "tma"),
@@ -116,11 +108,12 @@ FP8_ATTENTION_CONFIGS = _configs(
 # right after it (no overlap) and 16 KB more shared memory; cuDNN's FP8 attention (implementation 'cudnn')
 # 147.4 ms at 2.4x the error.
 # Same H100, 2026-12-07, one run (Wan 720p / 480p / LTX 13B / LTX 2B, ms per layer): this default 140.7 / 26.78 /
-# 3.40 / 2.55; row sums by MMA ('-summma', ~4 % fewer instructions) 142.3 / 27.7 / 3.33 / 2.56; three programs
-# per multiprocessor ('-r168', 2 stages) 142.1 / 27.0 / 3.15 / -; four at head dim 64 ('-r128') 2.48 (at head
-# dim 128, 128 registers spill: 7x slower). FP8 Q.K (11 % fewer instructions) was no faster either: neither
-# instruction count nor occupancy alone sets the long sequences' speed. The short sequences gain from more
-# programs per multiprocessor (fewer, fuller waves), so the default depends on the sequence length.
+# 3.40 / 2.55; softmax row sums by a P x ones MMA instead of 64 adds per thread (~4 % fewer instructions;
+# dropped) 142.3 / 27.7 / 3.33 / 2.56; three programs per multiprocessor ('-r168', 2 stages) 142.1 / 27.0 / 3.15;
+# four at head dim 64 ('-r128') 2.48 (at head dim 128, 128 registers spill: 7x slower). FP8 Q.K (11 % fewer
+# instructions) was no faster either: neither instruction count nor occupancy alone sets the long sequences'
+# speed. The short sequences gain from more programs per multiprocessor (fewer, fuller waves), so the default
+# depends on the sequence length.
 # head dim -> ((up to this many tokens, config), ...): the first that fits
 DEFAULT_CONFIGS = {64: ((None, "m64n128w4s3-fastacc-tma-r128"), ),
                    128: ((16384, "m64n128w4s2-fastacc-tma-r168"), (None, "m64n128w4s3-fastacc-tma"))}
@@ -160,18 +153,6 @@ def _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D: tl.constexpr, USE_TMA:
 
 
 @triton.jit
-def _load_ones(ones_src, offs_n, USE_TMA: tl.constexpr):
-    """A [16, BLOCK_N] block of e4m3 ones (SUM_MMA's second operand), loaded per key block like K and V: the
-    compiler then streams it into shared memory for the MMA (a loop-invariant tensor it rebuilds there per
-    block, with a store and a barrier)."""
-    if USE_TMA:
-        ones = ones_src.load([0, 0])
-    else:
-        ones = tl.load(ones_src + tl.arange(0, 16)[:, None] * offs_n.shape[0] + offs_n[None, :])
-    return ones
-
-
-@triton.jit
 def _scores(q, k, QK_INT8: tl.constexpr):
     """Q.K^T of one key block as fp32, plus `INT_AS_FLOAT_OFFSET` on the INT8 path (see there)."""
     if QK_INT8:
@@ -183,9 +164,9 @@ def _scores(q, k, QK_INT8: tl.constexpr):
 
 
 @triton.jit
-def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, ones, k_scales_base, start_n, S, offs_n,
+def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S, offs_n,
                 K_GROUP: tl.constexpr, QK_INT8: tl.constexpr, PV_PROMOTE: tl.constexpr, ROUND_FIRST: tl.constexpr,
-                SUM_MMA: tl.constexpr, MASK_TAIL: tl.constexpr):
+                MASK_TAIL: tl.constexpr):
     """The online-softmax update of one key block's scores `qk` and its P.V product."""
     # one K scale for the whole block (K_GROUP is a multiple of BLOCK_N): with Q's per-row scale it makes one
     # factor per row, so each score costs a single multiply-add before its exp2
@@ -202,13 +183,9 @@ def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, ones, k_scales_base, sta
         p = tl.math.exp2((qk - offset) * row_factor[:, None] - (new_max - LOG2_FP8_MAX)[:, None])
     else:
         p = tl.math.exp2(qk * row_factor[:, None] - (offset * row_factor + new_max - LOG2_FP8_MAX)[:, None])
+    row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
     acc = acc * alpha[:, None]
     p8 = to_e4m3(p, ROUND_FIRST)
-    if SUM_MMA:  # row_sum [BLOCK_M, 16], every column the row's sum (of P as e4m3: what P.V multiplies)
-        # a fresh MMA per block added in fp32: the FP8 MMA's reduced-precision accumulation never spans blocks
-        row_sum = row_sum * alpha[:, None] + tl.dot(p8, tl.trans(ones))
-    else:
-        row_sum = row_sum * alpha + tl.reduce(p, 1, add_combine)
     if PV_PROMOTE > 0:
         acc = tl.dot(p8, tl.trans(v), acc, max_num_imprecise_acc=PV_PROMOTE)
     else:
@@ -217,11 +194,11 @@ def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, ones, k_scales_base, sta
 
 
 @triton.jit
-def _fp8_attention_kernel(q_src, k_src, v_src, ones_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
+def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_PROMOTE: tl.constexpr,
-                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr, SUM_MMA: tl.constexpr):
+                          ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr):
     """q_src, k_src, v_src: the quantised buffers, as pointers or (USE_TMA) as 2-d tensor descriptors over
     [B*H*S_pad, D], [B*H*S_pad, D] and [B*H*D, S_pad] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]."""
     start_m = tl.program_id(0)
@@ -239,33 +216,22 @@ def _fp8_attention_kernel(q_src, k_src, v_src, ones_src, q_scales_ptr, k_scales_
     k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    if SUM_MMA:
-        row_sum = tl.full([BLOCK_M, 16], 0.0, dtype=tl.float32)
-    else:
-        row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    row_sum = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
     full_blocks = S // BLOCK_N
     for block in range(0, full_blocks):
         start_n = block * BLOCK_N
         qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
         v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-        ones = v  # unused without SUM_MMA
-        if SUM_MMA:
-            ones = _load_ones(ones_src, offs_n, USE_TMA)
-        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, ones, k_scales_base, start_n,
-                                            S, offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, SUM_MMA, False)
+        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
+                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False)
     if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
         start_n = full_blocks * BLOCK_N
         qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
         v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-        ones = v  # unused without SUM_MMA
-        if SUM_MMA:
-            ones = _load_ones(ones_src, offs_n, USE_TMA)
-        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, ones, k_scales_base, start_n,
-                                            S, offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, SUM_MMA, True)
+        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
+                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True)
 
-    if SUM_MMA:
-        row_sum = tl.reduce(row_sum, 1, max_combine)  # all 16 columns hold the same sum
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
     v_means = tl.load(v_means_ptr + bh * D + offs_d)
     out = acc * v_scales[None, :] / row_sum[:, None] + v_means[None, :]  # P's 448 is in acc and row_sum
@@ -322,14 +288,7 @@ def _descriptors(qkv: QuantisedQKV, config: Fp8AttentionConfig):
     k = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [config.block_n, dim])
     v_t = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
                            [dim, config.block_n])
-    ones = _ones(qkv.q.device, config.block_n)
-    return q, k, v_t, TensorDescriptor(ones, list(ones.shape), [ones.shape[1], 1], list(ones.shape))
-
-
-@functools.cache
-def _ones(device: torch.device, block_n: int) -> torch.Tensor:
-    """The [16, block_n] e4m3 ones that SUM_MMA configs multiply P by (one per device and key block)."""
-    return torch.ones(16, block_n, device=device).to(torch.float8_e4m3fn)
+    return q, k, v_t
 
 
 def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
@@ -343,8 +302,7 @@ def attend_quantised(qkv: QuantisedQKV, out: torch.Tensor, layout: str,
             f"FP8 attention k_group {qkv.k_group} must be a multiple of the config's key block ({key_block} "
             f"tokens): each key block takes one K scale. Use k_group={K_GROUP}.")
     strides = logical_strides(out, layout)
-    key_block_of = chosen.block_n if chosen != "autotune" else key_block
-    sources = (qkv.q, qkv.k, qkv.v_t, _ones(qkv.q.device, key_block_of))
+    sources = (qkv.q, qkv.k, qkv.v_t)
     if chosen != "autotune" and chosen.loads == "tma":
         sources = _descriptors(qkv, chosen)
     arguments = (*sources, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,

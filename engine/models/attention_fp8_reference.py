@@ -95,11 +95,10 @@ def quantise_v_per_channel(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bshd", *,
                             qk_dtype: str = "int8", q_group: int = Q_GROUP, k_group: int = K_GROUP, block_n: int = 64,
-                            sm_scale: float | None = None, sums_of_e4m3: bool = False) -> torch.Tensor:
+                            sm_scale: float | None = None) -> torch.Tensor:
     """Attention of q, k, v ([B, S, H, D] for 'bshd', [B, H, S, D] for 'bhsd'; no mask, non-causal) through
     the kernel's quantisation scheme, processing keys in blocks of `block_n` like the kernel. Returns the
-    output in the input's layout and dtype. `sums_of_e4m3`: the softmax row sums add P as rounded to e4m3 (the
-    kernel's configs that sum by MMA), not P in fp32."""
+    output in the input's layout and dtype."""
     check_inputs(q, k, v, layout, qk_dtype, q_group, k_group)
     dtype = q.dtype
     q, k, v = (to_bhsd(x, layout).float() for x in (q, k, v))
@@ -125,8 +124,8 @@ def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
         new_max = torch.maximum(row_max, t.amax(dim=-1) * row_scale)
         alpha = torch.exp2(row_max - new_max)
         p = torch.exp2(t * row_scale[..., None] - new_max[..., None])
+        row_sum = row_sum * alpha + p.sum(dim=-1)
         p8 = (p * FP8_MAX).to(torch.float8_e4m3fn).float()
-        row_sum = row_sum * alpha + (p8 / FP8_MAX if sums_of_e4m3 else p).sum(dim=-1)
         acc = acc * alpha[..., None] + p8 @ v_values[:, :, start:stop]
         row_max = new_max
     out = acc * (v_scales[:, :, None, :] / FP8_MAX) / row_sum[..., None] + v_means[:, :, None, :]
