@@ -159,8 +159,7 @@ def compile_gluon(head_dim: int, config) -> dict:
     signature = {"q_desc": f"tensordesc<i8[{block_m},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{block_n},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages,
-                 "P_SHARED": config.p_shared}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages}
     signature.update({name: "constexpr" for name in constants})
     try:
         compiled = triton.compile(GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),

@@ -13,7 +13,7 @@ rows (two warpgroups sharing each K and V block in shared memory); key blocks of
   5. TMA load of V[j + V_STAGES] into the V slot block j used
 Nothing in flight crosses the loop's back edge: where a register copy could touch an in-flight MMA's registers,
 ptxas serialises every MMA of the kernel. The last softmax (masked where the sequence ends inside its block) is
-peeled off the loop. P waits for its MMA in registers or (p_shared) in shared memory.
+peeled off the loop. P waits for its MMA in shared memory (two buffers: P[j+1] is written while P[j].V[j] runs).
 
 Measured on an H100 (2026-12-07, Wan 720p per layer, scripts/check_fp8_attention.py): exactly the Triton
 kernel's accuracy, and slower: 149-154 ms with P in shared memory, 183 ms with P in registers (the e4m3 P
@@ -72,31 +72,27 @@ def _softmax(s_int, row_max, row_sum, q_scales, k_scales_base, start_n, S, K_GRO
 
 
 @gluon.jit
-def _keep_p(p8, p_smem, block, p_layout: gl.constexpr, P_SHARED: gl.constexpr):
-    """P[block] where the P.V MMA will read it: written to shared memory (P_SHARED), or in registers in the MMA
-    operand's layout (carried across the loop, e4m3 values sit two per register and are repacked per block)."""
-    if P_SHARED:
-        p_smem.index(block % 2).store(p8)
-        fence_async_shared()  # the MMA reads through the async proxy
-        _thread_barrier()     # every warp's part of P is written
-    return gl.convert_layout(p8, p_layout)  # dead where P_SHARED: the compiler drops it
+def _keep_p(p8, p_smem, block):
+    """P[block] into the shared-memory buffer its P.V MMA will read. (Kept in registers instead, the e4m3 P carried
+    across the loop sits two values per register and is repacked every block: 786 instead of 601 instructions
+    per block, 183 instead of 149 ms at Wan 720p on an H100.)"""
+    p_smem.index(block % 2).store(p8)
+    fence_async_shared()  # the MMA reads through the async proxy
+    _thread_barrier()     # every warp's part of P is written
 
 
 @gluon.jit
-def _issue_pv(acc, p_regs, p_smem, v_smem, v_bars, block, V_STAGES: gl.constexpr, P_SHARED: gl.constexpr):
+def _issue_pv(acc, p_smem, v_smem, v_bars, block, V_STAGES: gl.constexpr):
     """acc += P[block].V[block], issued (in flight: the caller waits)."""
     v_slot = block % V_STAGES
     mbarrier.wait(v_bars.index(v_slot), (block // V_STAGES) & 1)
-    if P_SHARED:
-        return warpgroup_mma(p_smem.index(block % 2), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
-    return warpgroup_mma(p_regs, v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
+    return warpgroup_mma(p_smem.index(block % 2), v_smem.index(v_slot).permute((1, 0)), acc, is_async=True)
 
 
 @gluon.jit
-def _step(j, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_bars, k_desc, v_desc, k_row,
-          v_row, q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr,
-          V_STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
-          col_layout: gl.constexpr, P_SHARED: gl.constexpr, MASK: gl.constexpr):
+def _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_bars, k_desc, v_desc, k_row, v_row,
+          q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr,
+          s_layout: gl.constexpr, o_layout: gl.constexpr, col_layout: gl.constexpr, MASK: gl.constexpr):
     """acc += P[j].V[j] and block j+1's softmax, both MMAs in flight during the softmax. On entry P[j] is kept
     (_keep_p, taken against the current row maxima); on return P[j+1], and acc is rescaled to its maxima."""
     BLOCK_N: gl.constexpr = k_smem.shape[1]
@@ -111,12 +107,12 @@ def _step(j, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_ba
     next_slot = (j + 1) % K_STAGES
     mbarrier.wait(k_bars.index(next_slot), ((j + 1) // K_STAGES) & 1)
     s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, BLOCK_M, BLOCK_N)
-    acc = _issue_pv(acc, p_regs, p_smem, v_smem, v_bars, j, V_STAGES, P_SHARED)
+    acc = _issue_pv(acc, p_smem, v_smem, v_bars, j, V_STAGES)
     # block j+1's softmax once its scores are in, while P[j].V[j] runs (P[j+1] goes to the other P buffer)
     s_next = warpgroup_mma_wait(1, deps=(s_next, ))
     p8, row_max, row_sum, alpha = _softmax(s_next, row_max, row_sum, q_scales, k_scales_base, (j + 1) * BLOCK_N,
                                            S, K_GROUP, col_layout, BLOCK_N, MASK)
-    p_regs = _keep_p(p8, p_smem, j + 1, p_layout, P_SHARED)
+    _keep_p(p8, p_smem, j + 1)
     # acc to block j+1's row maxima once P[j].V[j] is in; then V[j + V_STAGES] into the slot it read. Nothing in
     # flight crosses the loop's back edge (where a register copy could touch an in-flight MMA's registers, ptxas
     # serialises every MMA of the kernel)
@@ -126,14 +122,14 @@ def _step(j, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_ba
     v_load = j + V_STAGES
     mbarrier.expect(v_bars.index(v_slot), v_desc.block_type.nbytes, pred=v_load < blocks)
     _tma_load(v_desc, [v_row, v_load * BLOCK_N], v_bars.index(v_slot), v_smem.index(v_slot), pred=v_load < blocks)
-    return acc, p_regs, row_max, row_sum
+    return acc, row_max, row_sum
 
 
 @gluon.jit
 def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr,
                                 out_ptr, S, S_pad, H, sob, soh, sos, sod,
                                 Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr,
-                                V_STAGES: gl.constexpr, P_SHARED: gl.constexpr):
+                                V_STAGES: gl.constexpr):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -142,7 +138,6 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
                                                        instr_shape=[16, BLOCK_N, 32])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                        instr_shape=[16, D, 32])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
 
@@ -155,7 +150,7 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_STAGES] + v_desc.block_type.shape, v_desc.layout)
-    p_smem = gl.allocate_shared_memory(gl.float8e4nv, [2 if P_SHARED else 1, BLOCK_M, BLOCK_N],
+    p_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, BLOCK_M, BLOCK_N],
                                        gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], gl.float8e4nv))
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_bars = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
@@ -193,18 +188,16 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     s_first = warpgroup_mma_wait(0, deps=(_issue_scores(q_smem, k_smem.index(0), s_layout, BLOCK_M, BLOCK_N), ))
     p8, row_max, row_sum, alpha = _softmax(s_first, row_max, row_sum, q_scales, k_scales_base, 0, S, K_GROUP,
                                            col_layout, BLOCK_N, True)
-    p_regs = _keep_p(p8, p_smem, 0, p_layout, P_SHARED)
+    _keep_p(p8, p_smem, 0)
     for j in range(0, blocks - 2):
-        acc, p_regs, row_max, row_sum = _step(j, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem, p_smem,
-                                              k_bars, v_bars, k_desc, v_desc, k_row, v_row, q_scales,
-                                              k_scales_base, S, blocks, K_GROUP, K_STAGES, V_STAGES, s_layout,
-                                              o_layout, p_layout, col_layout, P_SHARED, False)
+        acc, row_max, row_sum = _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_bars,
+                                      k_desc, v_desc, k_row, v_row, q_scales, k_scales_base, S, blocks, K_GROUP,
+                                      K_STAGES, V_STAGES, s_layout, o_layout, col_layout, False)
     if blocks > 1:  # the last block's softmax, masked where the sequence ends inside it
-        acc, p_regs, row_max, row_sum = _step(blocks - 2, acc, p_regs, row_max, row_sum, q_smem, k_smem, v_smem,
-                                              p_smem, k_bars, v_bars, k_desc, v_desc, k_row, v_row, q_scales,
-                                              k_scales_base, S, blocks, K_GROUP, K_STAGES, V_STAGES, s_layout,
-                                              o_layout, p_layout, col_layout, P_SHARED, True)
-    acc = _issue_pv(acc, p_regs, p_smem, v_smem, v_bars, blocks - 1, V_STAGES, P_SHARED)
+        acc, row_max, row_sum = _step(blocks - 2, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars,
+                                      v_bars, k_desc, v_desc, k_row, v_row, q_scales, k_scales_base, S, blocks,
+                                      K_GROUP, K_STAGES, V_STAGES, s_layout, o_layout, col_layout, True)
+    acc = _issue_pv(acc, p_smem, v_smem, v_bars, blocks - 1, V_STAGES)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
 
     mbarrier.invalidate(q_bar)
@@ -232,26 +225,23 @@ BLOCK_N = 128
 
 @dataclass(frozen=True)
 class GluonConfig:
-    """Query rows per program (64: one warpgroup; 128: two), K / V blocks kept in shared memory, and where P waits
-    for its P.V MMA (registers, or shared memory: no repacking, fewer registers, a store and a barrier)."""
+    """Query rows per program (64: one warpgroup; 128: two) and K / V blocks kept in shared memory."""
     block_m: int = 64
     k_stages: int = 2
     v_stages: int = 2
-    p_shared: bool = False
 
     @property
     def name(self) -> str:
-        return f"m{self.block_m}k{self.k_stages}v{self.v_stages}" + ("-psmem" if self.p_shared else "")
+        return f"m{self.block_m}k{self.k_stages}v{self.v_stages}"
 
     @property
     def num_warps(self) -> int:
         return self.block_m // 16
 
 
-# 128 rows with P in registers is left out: compiled, its softmax waits for P.V (no overlap)
-GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 3, 3), GluonConfig(64, 2, 2, True), GluonConfig(64, 2, 3, True),
-                 GluonConfig(128, 2, 2, True))
-DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[2]  # m64k2v2-psmem: the fastest measured (H100, Wan 720p)
+# H100, Wan 720p per layer: 153.6 / 155.2 / 176.5 ms (the Triton kernel 141.0)
+GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 2, 3), GluonConfig(128, 2, 2))
+DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[0]
 
 
 def shared_layouts(dim: int, block_m: int = 64):
@@ -283,7 +273,7 @@ def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEF
     _fp8_attention_gluon_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales,
                                       qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
                                       *logical_strides(out, layout), Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group,
-                                      K_STAGES=config.k_stages, V_STAGES=config.v_stages, P_SHARED=config.p_shared,
+                                      K_STAGES=config.k_stages, V_STAGES=config.v_stages,
                                       num_warps=config.num_warps)
     return out
 
