@@ -22,6 +22,8 @@ quantisation scheme: slow, for tests and CPU debugging).
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 
@@ -42,26 +44,29 @@ def _triton_attention_op():
     return fp8_attention_op
 
 
-def _cudnn_attention_op():
-    from .attention_fp8_cudnn import cudnn_fp8_attention_op, cudnn_frontend_missing
-    missing = cudnn_frontend_missing()
-    if missing is not None:
-        raise BackendUnavailableError(f"FP8 attention implementation 'cudnn' cannot run: {missing}. Choose the "
-                                      "implementation 'triton'.")
-    return cudnn_fp8_attention_op
-
-
-def _gluon_attention_op():
+def _optional_attention_op(implementation: str, module: str, op: str, unavailable: str):
+    """The op of an implementation that may be unable to run here ('cudnn', 'gluon'): `module`'s `op`, or a
+    BackendUnavailableError with the reason its `unavailable()` gives (or why it does not import)."""
     try:
-        from .attention_fp8_gluon import gluon_fp8_attention_op, gluon_unavailable
+        loaded = importlib.import_module(f".{module}", __package__)
     except ImportError as error:
-        raise BackendUnavailableError(f"FP8 attention implementation 'gluon' needs Triton's Gluon ({error}). Choose "
-                                      "the implementation 'triton'.") from error
-    missing = gluon_unavailable()
-    if missing is not None:
-        raise BackendUnavailableError(f"FP8 attention implementation 'gluon' cannot run: {missing}. Choose the "
-                                      "implementation 'triton'.")
-    return gluon_fp8_attention_op
+        reason = f"its module does not import ({error})"
+    else:
+        reason = getattr(loaded, unavailable)()
+        if reason is None:
+            return getattr(loaded, op)
+    raise BackendUnavailableError(f"FP8 attention implementation '{implementation}' cannot run: {reason}. Choose the "
+                                  "implementation 'triton'.")
+
+
+# implementation -> the op that attends (the 'reference' calls the PyTorch twin directly)
+_OP_LOADERS = {
+    "triton": _triton_attention_op,
+    "cudnn": lambda: _optional_attention_op("cudnn", "attention_fp8_cudnn", "cudnn_fp8_attention_op",
+                                            "cudnn_frontend_missing"),
+    "gluon": lambda: _optional_attention_op("gluon", "attention_fp8_gluon", "gluon_fp8_attention_op",
+                                            "gluon_unavailable"),
+}
 
 
 class _Fp8SelfAttention:
@@ -77,13 +82,7 @@ class _Fp8SelfAttention:
         self.implementation = implementation
         self.config = config
         self.qk_dtype = qk_dtype
-        self._op = None  # 'reference' calls the PyTorch twin directly
-        if implementation == "triton":
-            self._op = _triton_attention_op()
-        elif implementation == "cudnn":
-            self._op = _cudnn_attention_op()
-        elif implementation == "gluon":
-            self._op = _gluon_attention_op()
+        self._op = _OP_LOADERS[implementation]() if implementation in _OP_LOADERS else None
 
     def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
         """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""
