@@ -194,6 +194,17 @@ def _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, 
 
 
 @triton.jit
+def _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base, start_n, S, S_pad, bh, offs_n,
+                  offs_d, D: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr, PV_PROMOTE: tl.constexpr,
+                  ROUND_FIRST: tl.constexpr, USE_TMA: tl.constexpr, MASK_TAIL: tl.constexpr):
+    """One key block: its scores, then the online-softmax update and its P.V product."""
+    qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
+    v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
+    return _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S, offs_n, K_GROUP, QK_INT8,
+                       PV_PROMOTE, ROUND_FIRST, MASK_TAIL)
+
+
+@triton.jit
 def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                           S, S_pad, H, sob, soh, sos, sod,
                           D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, QK_INT8: tl.constexpr,
@@ -220,17 +231,13 @@ def _fp8_attention_kernel(q_src, k_src, v_src, q_scales_ptr, k_scales_ptr, v_sca
     acc = tl.full([BLOCK_M, D], 0.0, dtype=tl.float32)
     full_blocks = S // BLOCK_N
     for block in range(0, full_blocks):
-        start_n = block * BLOCK_N
-        qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
-        v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
-                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, False)
+        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
+                                              block * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP, QK_INT8,
+                                              PV_PROMOTE, ROUND_FIRST, USE_TMA, False)
     if full_blocks * BLOCK_N < S:  # the tail block: columns past S get no weight
-        start_n = full_blocks * BLOCK_N
-        qk = _scores(q, _load_k(k_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA), QK_INT8)
-        v = _load_v(v_src, start_n, S_pad, bh, offs_n, offs_d, D, USE_TMA)
-        acc, row_sum, row_max = _softmax_pv(acc, row_sum, row_max, qk, q_scales, v, k_scales_base, start_n, S,
-                                            offs_n, K_GROUP, QK_INT8, PV_PROMOTE, ROUND_FIRST, True)
+        acc, row_sum, row_max = _attend_block(acc, row_sum, row_max, q, q_scales, k_src, v_src, k_scales_base,
+                                              full_blocks * BLOCK_N, S, S_pad, bh, offs_n, offs_d, D, K_GROUP,
+                                              QK_INT8, PV_PROMOTE, ROUND_FIRST, USE_TMA, True)
 
     v_scales = tl.load(v_scales_ptr + bh * D + offs_d)
     v_means = tl.load(v_means_ptr + bh * D + offs_d)
