@@ -37,18 +37,17 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                              warpgroup_mma_wait)
 
 from .attention_custom_op import attention_custom_op
+from .attention_fp8 import INT_AS_FLOAT_BITS, INT_AS_FLOAT_OFFSET, LOG2_FP8_MAX  # the same arithmetic's constants
 
 # Triton 3.9 renamed the TMA load (3.6, beside torch 2.11, has only the old name)
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
 _thread_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier  # renamed likewise
 
-LOG2_FP8_MAX = gl.constexpr(8.807354922057604)  # P = exp2(score - row max + this) lies in [0, 448]
-INT_AS_FLOAT_BITS = gl.constexpr(0x4B400000)    # see attention_fp8.py
-INT_AS_FLOAT_OFFSET = gl.constexpr(12582912.0)
-
 
 @gluon.jit
 def _issue_scores(q_smem, k_smem, s_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """S = Q.K^T of one key block in INT8, issued (in flight: the caller waits). (The block shapes come as
+    constexprs: Triton 3.6's Gluon cannot build a tensor shape from a shared buffer's.)"""
     zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, s_layout)
     return warpgroup_mma(q_smem, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
 
@@ -96,7 +95,6 @@ def _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_ba
     """acc += P[j].V[j] and block j+1's softmax, both MMAs in flight during the softmax. On entry P[j] is kept
     (_keep_p, taken against the current row maxima); on return P[j+1], and acc is rescaled to its maxima."""
     BLOCK_N: gl.constexpr = k_smem.shape[1]
-    BLOCK_M: gl.constexpr = q_smem.shape[0]
     # K[j + K_STAGES] into the slot S[j] read (S[j] was waited for)
     k_slot = j % K_STAGES
     reload = j + K_STAGES < blocks
@@ -106,7 +104,7 @@ def _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_ba
     # issue S[j+1] = Q.K[j+1]^T, then acc += P[j].V[j]: the tensor cores run both back to back
     next_slot = (j + 1) % K_STAGES
     mbarrier.wait(k_bars.index(next_slot), ((j + 1) // K_STAGES) & 1)
-    s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, BLOCK_M, BLOCK_N)
+    s_next = _issue_scores(q_smem, k_smem.index(next_slot), s_layout, q_smem.shape[0], BLOCK_N)
     acc = _issue_pv(acc, p_smem, v_smem, v_bars, j, V_STAGES)
     # block j+1's softmax once its scores are in, while P[j].V[j] runs (P[j+1] goes to the other P buffer)
     s_next = warpgroup_mma_wait(1, deps=(s_next, ))
