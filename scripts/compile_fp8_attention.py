@@ -5,9 +5,9 @@ for sm_90, its shared memory and registers per program and how many programs the
 (the default configs rely on two: one's MMAs run while the other computes its softmax), the MMA instructions it
 emits, and — where Triton's cuobjdump is there — the instruction mix of the main loop per warp and key block
 (total, special-function-unit ops such as exp2, conversions to FP8): a static profile to read before spending
-GPU time on a variant. `--gluon` adds the Gluon kernel (engine/models/attention_fp8_gluon.py) at each stage
-choice; "exp2 during MMA" counts the softmax's exp2s issued while a warpgroup MMA is in flight, which is what that
-kernel exists for.
+GPU time on a variant. `--gluon` adds the Gluon kernel (engine/models/attention_fp8_gluon.py) in each of its
+GluonConfigs; "exp2 during MMA" counts the softmax's exp2s issued while a warpgroup MMA is in flight, which is what
+that kernel exists for.
 
     python scripts/compile_fp8_attention.py                               # every named config, head dims 64, 128
     python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon
@@ -123,10 +123,21 @@ def profile_compiled(row: dict, compiled, num_warps: int) -> dict:
     return row
 
 
-def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
-    """The Triton kernel with one named config."""
+def compile_for_hopper(row: dict, source, options: dict) -> dict:
+    """Compile `source` for sm_90 and profile it into `row`; a failure is reported in the row (the others go on)."""
     import triton
     from triton.backends.compiler import GPUTarget
+
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 128), options=options)
+    except Exception as error:
+        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
+        return row
+    return profile_compiled(row, compiled, options["num_warps"])
+
+
+def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
+    """The Triton kernel with one named config."""
     from triton.compiler import ASTSource
 
     from reelsmith.engine.models import attention_fp8
@@ -134,20 +145,12 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
     config = attention_fp8.FP8_ATTENTION_CONFIGS[name]
     row = {"config": name, "head_dim": head_dim, "qk_dtype": qk_dtype}
     signature, constants = kernel_signature(config, head_dim, qk_dtype == "int8")
-    try:
-        compiled = triton.compile(ASTSource(attention_fp8._fp8_attention_kernel, signature, constants),
-                                  target=GPUTarget("cuda", 90, 128),
-                                  options=config.launch_options())
-    except Exception as error:  # reported per config; the others go on
-        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
-        return row
-    return profile_compiled(row, compiled, config.num_warps)
+    return compile_for_hopper(row, ASTSource(attention_fp8._fp8_attention_kernel, signature, constants),
+                              config.launch_options())
 
 
 def compile_gluon(head_dim: int, config) -> dict:
     """The Gluon kernel (engine/models/attention_fp8_gluon.py) in one of its GluonConfigs."""
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
@@ -161,13 +164,8 @@ def compile_gluon(head_dim: int, config) -> dict:
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>", **SCALES_AND_OUTPUT}
     constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages}
     signature.update({name: "constexpr" for name in constants})
-    try:
-        compiled = triton.compile(GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),
-                                  target=GPUTarget("cuda", 90, 128), options={"num_warps": config.num_warps})
-    except Exception as error:  # reported per config; the others go on
-        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
-        return row
-    return profile_compiled(row, compiled, config.num_warps)
+    return compile_for_hopper(row, GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),
+                              {"num_warps": config.num_warps})
 
 
 def main(argv=None) -> int:

@@ -183,7 +183,6 @@ def test_kernel_takes_strided_views_and_other_configs(config):
     torch.testing.assert_close(out.float(), reference.float(), atol=0.02, rtol=0.01)  # ~2 bf16 steps
 
 
-
 @needs_kernel
 def test_quantised_buffers_are_the_reference_quantisation():
     from reelsmith.engine.models.attention_fp8_quant import PAD, quantise_qkv

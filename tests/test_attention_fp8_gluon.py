@@ -1,7 +1,7 @@
 """The Gluon FP8 attention kernel (engine/models/attention_fp8_gluon.py), the FP8 implementation 'gluon'. Gluon has
 no CPU interpreter, so its arithmetic is checked on a GPU (scripts/check_fp8_attention.py, kernel mode, against
-exact attention). Here: it compiles for Hopper with the structure it exists for (the next key block's Q.K^T in
-flight while the softmax runs, one MMA wait per key block, nothing serialised by ptxas). Choosing it where it cannot
+exact attention). Here: it compiles for Hopper with the structure it exists for (both MMAs of a key block in
+flight while the next block's softmax runs, two MMA waits per key block, nothing serialised by ptxas). Choosing it where it cannot
 run: tests/test_attention_backend.py."""
 
 import importlib.util
