@@ -7,10 +7,11 @@ emits, and — where Triton's cuobjdump is there — the instruction mix of the 
 (total, special-function-unit ops such as exp2, conversions to FP8): a static profile to read before spending
 GPU time on a variant. `--gluon` adds the Gluon kernel (engine/models/attention_fp8_gluon.py) in each of its
 GluonConfigs; "exp2 during MMA" counts the softmax's exp2s issued while a warpgroup MMA is in flight, which is what
-that kernel exists for.
+that kernel exists for. `--gluon-ws 2 3` adds the warp-specialized one (attention_fp8_gluon_ws.py) with 2 and 3
+K/V slots; its rows give the registers its partitions ask for at run time ("register_reallocations").
 
     python scripts/compile_fp8_attention.py                               # every named config, head dims 64, 128
-    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon
+    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon --gluon-ws 3
     python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --head-dims 128 --json out.json
 
 Exits 1 if any config fails to compile (each failure is reported; the others go on).
@@ -78,7 +79,10 @@ def sass_profile(cubin: bytes) -> dict | None:
         usage = subprocess.run([str(tool), "-res-usage", handle.name], capture_output=True, text=True,
                                check=True).stdout
     profile = {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-               "spill_bytes": int(re.search(r"LOCAL:(\d+)", usage).group(1))}
+               "spill_bytes": int(re.search(r"LOCAL:(\d+)", usage).group(1)),
+               # a warp-specialized kernel's partitions reallocate registers (setmaxnreg): the values they ask for
+               "register_reallocations": sorted({int(value, 16) for value in
+                                                 re.findall(r"USETMAXREG\.\S+ (?:\w+, )?0x([0-9a-f]+)", sass)})}
     instructions = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(SASS_LINE.match, sass.splitlines())
                     if m]
     index_of = {address: i for i, (address, _, _) in enumerate(instructions)}
@@ -107,16 +111,18 @@ def sass_profile(cubin: bytes) -> dict | None:
     return profile
 
 
-def profile_compiled(row: dict, compiled, num_warps: int) -> dict:
+def profile_compiled(row: dict, compiled) -> dict:
     """Shared memory, registers, programs per multiprocessor, MMA kinds and the main loop's instruction mix."""
     shared = compiled.metadata.shared
     ptx = compiled.asm["ptx"]
     profile = sass_profile(compiled.asm["cubin"]) or {}
     programs = HOPPER_SHARED_MEMORY // (shared + SHARED_MEMORY_RESERVED_PER_PROGRAM)
     if "registers" in profile:  # 64K registers per multiprocessor
-        programs = min(programs, HOPPER_REGISTERS // (profile["registers"] * 32 * num_warps))
+        # all the program's warps (a warp-specialized kernel's partitions included), at their launch registers
+        programs = min(programs, HOPPER_REGISTERS // (profile["registers"] * 32 * compiled.metadata.num_warps))
     row.update(shared_bytes=shared, programs_per_sm=programs, registers=profile.get("registers"),
-               spill_bytes=profile.get("spill_bytes"),
+               spill_bytes=profile.get("spill_bytes"), warps=compiled.metadata.num_warps,
+               register_reallocations=profile.get("register_reallocations"),
                # the warpgroup MMA shapes and operand types: INT8 (Q.K) and e4m3 (P.V, and Q.K with fp8)
                mma=sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(\S+?) ", ptx))),
                main_loop=profile.get("main_loop"))
@@ -133,7 +139,7 @@ def compile_for_hopper(row: dict, source, options: dict) -> dict:
     except Exception as error:
         row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
         return row
-    return profile_compiled(row, compiled, options["num_warps"])
+    return profile_compiled(row, compiled)
 
 
 def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
@@ -168,6 +174,26 @@ def compile_gluon(head_dim: int, config) -> dict:
                               {"num_warps": config.num_warps})
 
 
+def compile_gluon_ws(head_dim: int, stages: int) -> dict:
+    """The warp-specialized Gluon kernel (engine/models/attention_fp8_gluon_ws.py) with `stages` K/V slots."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from reelsmith.engine.models import attention_fp8_gluon_ws as ws_kernel
+    from reelsmith.engine.models.attention_fp8_gluon import BLOCK_N, shared_layouts
+    from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
+
+    row = {"config": f"gluon-ws-s{stages}", "head_dim": head_dim, "qk_dtype": "int8"}
+    query, key, value = shared_layouts(head_dim, ws_kernel.CONSUMER_ROWS.value)
+    signature = {"q_desc": f"tensordesc<i8[{ws_kernel.CONSUMER_ROWS.value},{head_dim}],{query!r}>",
+                 "k_desc": f"tensordesc<i8[{BLOCK_N},{head_dim}],{key!r}>",
+                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{BLOCK_N}],{value!r}>", **SCALES_AND_OUTPUT}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": stages}
+    signature.update({name: "constexpr" for name in constants})
+    # the registers ptxas reports are the launch cap; setmaxnreg then gives the consumers more
+    return compile_for_hopper(row, GluonASTSource(ws_kernel._fp8_attention_ws_kernel, signature, constants),
+                              {"num_warps": 4, "maxnreg": ws_kernel.LAUNCH_REGISTERS})
+
+
 def main(argv=None) -> int:
     from reelsmith.engine.models import attention_fp8
 
@@ -177,12 +203,15 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128], default=[64, 128])
     parser.add_argument("--qk-dtype", nargs="+", choices=["int8", "fp8"], default=["int8"])
     parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every GluonConfig")
+    parser.add_argument("--gluon-ws", nargs="*", type=int, default=[], metavar="STAGES",
+                        help="also the warp-specialized Gluon kernel with these numbers of K/V slots")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = [compile_config(name, dim, qk) for name in args.configs for dim in args.head_dims for qk in args.qk_dtype]
     if args.gluon:
         from reelsmith.engine.models.attention_fp8_gluon import GLUON_CONFIGS
         rows += [compile_gluon(dim, config) for config in GLUON_CONFIGS for dim in args.head_dims]
+    rows += [compile_gluon_ws(dim, stages) for stages in args.gluon_ws for dim in args.head_dims]
     print("| config | head dim | Q.K | shared KB | registers | programs/SM | loop instr. | exp2 (MUFU) | FP8 cvt | "
           "FMA pipe | exp2 during MMA |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

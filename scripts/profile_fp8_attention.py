@@ -10,6 +10,7 @@ warps were stalled on, per issued instruction (ncu's warp-state counters, larges
     python scripts/profile_fp8_attention.py --shape wan-720p
     python scripts/profile_fp8_attention.py --shape ltx-13b --config m64n128w4s2-fastacc-tma-r168
     python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon --config m64k2v2
+    python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon-ws --config 3   # 3 K/V slots
 
 Under the hood the script runs itself under ncu with `--launch`: that child builds one layer's q, k, v
 (scripts/check_fp8_attention.py's realistic random ones), runs the kernel once to compile it, and once more
@@ -34,7 +35,8 @@ PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PACK_ROOT / "scripts"))
 
 # implementation -> the profiled kernel's name (ncu matches it as a regular expression)
-KERNEL_NAMES = {"triton": "_fp8_attention_kernel", "gluon": "_fp8_attention_gluon_kernel"}
+KERNEL_NAMES = {"triton": "_fp8_attention_kernel", "gluon": "_fp8_attention_gluon_kernel",
+                "gluon-ws": "_fp8_attention_ws_kernel"}
 # (heading, regular expression over ncu's raw metric names), printed in this order
 METRIC_GROUPS = (
     ("time and throughput", r"^(gpu__time_duration\.sum|sm__throughput\.avg\.pct_of_peak_sustained_elapsed|"
@@ -76,6 +78,10 @@ def launch(args) -> None:
             sys.exit(f"unknown Gluon config {args.config!r}: one of {', '.join(configs)}")
         config = GLUON_CONFIGS[0] if args.config == "default" else configs[args.config]
         run = lambda: gluon_fp8_attention(q, k, v, "bshd", config)  # noqa: E731
+    elif args.implementation == "gluon-ws":  # the config is the number of K/V ring slots
+        from reelsmith.engine.models.attention_fp8_gluon_ws import DEFAULT_STAGES, gluon_ws_fp8_attention
+        config = DEFAULT_STAGES if args.config == "default" else int(args.config)
+        run = lambda: gluon_ws_fp8_attention(q, k, v, "bshd", config)  # noqa: E731
     else:
         config = attention_fp8.resolve_config(args.config, dim, tokens)
         run = lambda: attention_fp8.fp8_attention(q, k, v, "bshd", config=config)  # noqa: E731

@@ -1,0 +1,198 @@
+"""The FP8 attention kernel's arithmetic (attention_fp8.py) warp-specialized, in Gluon: FlashAttention-3's layout
+of a multiprocessor's work. One program of 128 query rows, three partitions:
+  - a loader (one warp): TMA loads of both warpgroups' Q, then K and V blocks into a ring of STAGES slots, each
+    slot reloaded once both consumers have released it;
+  - two consumers (a warpgroup of 64 query rows each): per key block, S = Q.K^T (INT8), the softmax, acc +=
+    P.V (P in e4m3, from registers), then the slot released.
+Against the Triton kernel (two independent 64-row programs per multiprocessor): each K and V block is read from
+L2 into shared memory once per 128 rows, not once per 64, and the consumers issue no loads; register
+reallocation gives the consumers 240 registers each, the loader 24.
+
+Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+
+from .attention_custom_op import attention_custom_op
+from .attention_fp8_gluon import BLOCK_N, _softmax, _tma_load, shared_layouts
+
+CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
+BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
+KEY_BLOCK = gl.constexpr(BLOCK_N)  # keys per block (the jit'ed code reads only constexpr globals)
+# registers per thread at launch (12 warps: 168 x 384 threads fit the multiprocessor's 64K), then reallocated:
+# the loader's warpgroup drops to 24, each consumer rises to 240
+LAUNCH_REGISTERS = 168
+CONSUMER_REGISTERS = gl.constexpr(240)
+LOADER_REGISTERS = gl.constexpr(24)
+FIRST_CONSUMER, SECOND_CONSUMER = gl.constexpr(0), gl.constexpr(1)
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
+            k_row, v_row, blocks, STAGES: gl.constexpr):
+    """Q of both consumers, then every K and V block, each into its ring slot once both consumers freed it."""
+    for wg in gl.static_range(2):
+        mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
+        _tma_load(q_desc, [q_row + wg * CONSUMER_ROWS, 0], q_bars.index(wg), q_smem.index(wg))
+    for j in range(blocks):
+        slot = j % STAGES
+        free = ((j // STAGES) & 1) ^ 1  # a fresh barrier counts as freed once: the first lap does not wait
+        mbarrier.wait(k_empty.index(slot), free)
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+        _tma_load(k_desc, [k_row + j * KEY_BLOCK, 0], k_ready.index(slot), k_smem.index(slot))
+        mbarrier.wait(v_empty.index(slot), free)
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        _tma_load(v_desc, [v_row, j * KEY_BLOCK], v_ready.index(slot), v_smem.index(slot))
+
+
+@gluon.jit
+def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_scales,
+                   k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+                   o_layout: gl.constexpr, MASK: gl.constexpr):
+    """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read."""
+    slot = j % STAGES
+    phase = (j // STAGES) & 1
+    mbarrier.wait(k_ready.index(slot), phase)
+    zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
+    s = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    mbarrier.arrive(k_empty.index(slot), count=1)
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, q_scales, k_scales_base, j * KEY_BLOCK, S, K_GROUP,
+                                           gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
+    mbarrier.wait(v_ready.index(slot), phase)
+    acc = warpgroup_mma(p, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index(slot), count=1)
+    return acc, row_max, row_sum
+
+
+@gluon.jit
+def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_scales_ptr, k_scales_ptr,
+              v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
+              Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, WG: gl.constexpr):
+    """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
+    D: gl.constexpr = q_smem.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, KEY_BLOCK, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D, 32])
+    rows_start = first_row + WG * CONSUMER_ROWS
+    q_scales = gl.load(q_scales_ptr + bh * (S_pad // Q_GROUP)
+                       + (rows_start + gl.arange(0, CONSUMER_ROWS, gl.SliceLayout(1, s_layout))) // Q_GROUP)
+    k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
+    row_max = gl.full([CONSUMER_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    row_sum = gl.zeros([CONSUMER_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([CONSUMER_ROWS, D], gl.float32, o_layout)
+    q_tile = q_smem.index(WG)
+    mbarrier.wait(q_bars.index(WG), 0)
+    for j in range(0, blocks - 1):
+        acc, row_max, row_sum = _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
+                                               k_empty, v_empty, q_scales, k_scales_base, S, K_GROUP, STAGES,
+                                               s_layout, o_layout, False)
+    # the last block, masked where the sequence ends inside it
+    acc, row_max, row_sum = _consume_block(blocks - 1, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
+                                           v_ready, k_empty, v_empty, q_scales, k_scales_base, S, K_GROUP, STAGES,
+                                           s_layout, o_layout, True)
+
+    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    offs_d = gl.arange(0, D, gl.SliceLayout(0, o_layout))
+    offs_m = rows_start + gl.arange(0, CONSUMER_ROWS, orow_layout)
+    v_scales = gl.load(v_scales_ptr + bh * D + offs_d)
+    v_means = gl.load(v_means_ptr + bh * D + offs_d)
+    row_sum = gl.convert_layout(row_sum, orow_layout)
+    out = acc * gl.expand_dims(v_scales, 0) / gl.expand_dims(row_sum, 1) + gl.expand_dims(v_means, 0)
+    out_ptrs = (out_ptr + (bh // H) * sob + (bh % H) * soh + gl.expand_dims(offs_m, 1) * sos
+                + gl.expand_dims(offs_d, 0) * sod)
+    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(offs_m < S, 1))
+
+
+@gluon.jit
+def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
+                             S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
+                             STAGES: gl.constexpr):
+    D: gl.constexpr = q_desc.block_type.shape[1]
+    bh = gl.program_id(1).to(gl.int64)
+    first_row = gl.program_id(0) * BLOCK_M
+    q_row = (bh * S_pad + first_row).to(gl.int32)
+    k_row = (bh * S_pad).to(gl.int32)
+    v_row = (bh * D).to(gl.int32)
+    blocks = gl.cdiv(S, KEY_BLOCK)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_bars.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)  # both consumers release each slot
+        mbarrier.init(v_empty.index(i), count=2)
+
+    gl.warp_specialize([
+        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_scales_ptr, k_scales_ptr,
+                     v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
+                     Q_GROUP, K_GROUP, STAGES, FIRST_CONSUMER)),
+        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_scales_ptr, k_scales_ptr,
+                     v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
+                     Q_GROUP, K_GROUP, STAGES, SECOND_CONSUMER)),
+        (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
+                   k_row, v_row, blocks, STAGES)),
+    ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
+
+    for i in gl.static_range(2):
+        mbarrier.invalidate(q_bars.index(i))
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_ready.index(i))
+        mbarrier.invalidate(v_ready.index(i))
+        mbarrier.invalidate(k_empty.index(i))
+        mbarrier.invalidate(v_empty.index(i))
+
+
+DEFAULT_STAGES = 3
+
+
+def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", stages: int = DEFAULT_STAGES):
+    """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the warp-specialized
+    kernel. Hopper only: Gluon has no CPU interpreter."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .attention_fp8_quant import logical_strides, quantise_qkv
+
+    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8")
+    if qkv.k_group % BLOCK_N:
+        raise ValueError(f"the Gluon kernel takes one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
+    dim = qkv.q.shape[-1]
+    rows = qkv.batch * qkv.heads * qkv.padded
+    query_layout, key_layout, value_layout = shared_layouts(dim, CONSUMER_ROWS.value)
+    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [CONSUMER_ROWS.value, dim], query_layout)
+    k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [BLOCK_N, dim], key_layout)
+    v_desc = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
+                              [dim, BLOCK_N], value_layout)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
+    _fp8_attention_ws_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
+                                   out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
+                                   Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=stages, num_warps=4,
+                                   maxnreg=LAUNCH_REGISTERS)
+    return out
+
+
+def _gluon_ws_fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return gluon_ws_fp8_attention(q, k, v, "bshd")
+
+
+gluon_ws_fp8_attention_op = attention_custom_op("gluon_ws_fp8_attention", _gluon_ws_fp8_attention_call)

@@ -1,0 +1,48 @@
+"""The warp-specialized Gluon FP8 attention kernel (engine/models/attention_fp8_gluon_ws.py). Gluon has no CPU
+interpreter, so its arithmetic is checked on a GPU (scripts/check_fp8_attention.py against exact attention). Here:
+it compiles for Hopper into the structure it exists for: three partitions in 12 warps (two consumer warpgroups,
+a loader), registers moved from the loader to the consumers at run time, no spills, INT8 Q.K^T and e4m3 P.V."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pack_paths import PACK_ROOT
+
+HOPPER_SHARED_MEMORY = 227 * 1024
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="Triton is not installed (tests/requirements.txt installs it)")
+
+
+def test_warp_specialized_kernel_compiles_for_hopper_with_its_partitions(tmp_path):
+    out = tmp_path / "rows.json"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, str(PACK_ROOT / "scripts" / "compile_fp8_attention.py"), "--configs",
+         "m64n128w4s3-fastacc-tma", "--head-dims", "64", "128", "--gluon-ws", "2", "3", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {(row["config"], row["head_dim"]): row for row in json.loads(out.read_text())}
+    assert {key for key in rows if key[0].startswith("gluon-ws")} == {
+        ("gluon-ws-s2", 64), ("gluon-ws-s2", 128), ("gluon-ws-s3", 64), ("gluon-ws-s3", 128)}
+    for (config, dim), row in rows.items():
+        if not config.startswith("gluon-ws"):
+            continue
+        assert "error" not in row, row
+        assert row["warps"] == 12 and row["programs_per_sm"] == 1  # 4 + 4 consumer warps, the loader's warpgroup
+        assert row["spill_bytes"] == 0 and row["shared_bytes"] <= HOPPER_SHARED_MEMORY
+        # launched at 168 registers a thread; the consumers rise to 240, the loader drops to 24
+        assert row["registers"] == 168 and {24, 240} <= set(row["register_reallocations"])
+        assert any(shape.endswith("s32.s8.s8") for shape in row["mma"])      # Q.K^T in INT8
+        assert any(shape.endswith("f32.e4m3.e4m3") for shape in row["mma"])  # P.V in e4m3
+    # one more K/V slot: a K and a V block of 128 x 128 bytes more shared memory at head dim 128 (and its barriers)
+    growth = rows[("gluon-ws-s3", 128)]["shared_bytes"] - rows[("gluon-ws-s2", 128)]["shared_bytes"]
+    assert 32 * 1024 <= growth <= 32 * 1024 + 256
+    # the Triton kernel it is measured against: 4 warps a program, no reallocation
+    triton_row = rows[("m64n128w4s3-fastacc-tma", 128)]
+    assert triton_row["warps"] == 4 and triton_row["register_reallocations"] == []
