@@ -8,7 +8,7 @@ cosine similarity and relative error of each path against exact attention (fp32 
 and the time per call of every kernel config (with the quantisation's share), cuDNN SDPA and flash SDPA,
 with TFLOP/s = 4 * S^2 * D * heads * batch / t, plus cuDNN's FP8 attention and the Gluon kernel
 (engine/models/attention_fp8_gluon.py) in each of its GluonConfigs and the warp-specialized one
-(attention_fp8_gluon_ws.py) with each of --ws-stages. A config that fails to compile or run is
+(attention_fp8_gluon_ws.py) in each of --ws-configs. A config that fails to compile or run is
 reported and the others go on. Writes a JSON file and a markdown table (same name, .md).
 
     python scripts/check_fp8_attention.py                                  # all shapes, all configs
@@ -231,10 +231,10 @@ def check_kernels(args) -> list[dict]:
                     record(f"fp8 int8 gluon {gluon_config.name}",
                            lambda c=gluon_config: gluon_fp8_attention(q, k, v, "bshd", c), quant_s)
                 # warp-specialized: a loader warp and two consumer warpgroups sharing each K / V block
-                from reelsmith.engine.models.attention_fp8_gluon_ws import gluon_ws_fp8_attention
-                for stages in args.ws_stages:
-                    record(f"fp8 int8 gluon-ws s{stages}",
-                           lambda s=stages: gluon_ws_fp8_attention(q, k, v, "bshd", s), quant_s)
+                from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS, gluon_ws_fp8_attention
+                for name in args.ws_configs:
+                    record(f"fp8 int8 gluon-ws {name}",
+                           lambda c=GLUON_WS_CONFIGS[name]: gluon_ws_fp8_attention(q, k, v, "bshd", c), quant_s)
         if not args.tiny:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
             from reelsmith.engine.models.attention_fp8_cudnn import cudnn_fp8_attention
             record("cudnn fp8 (frontend sdpa_fp8)", lambda: cudnn_fp8_attention(q, k, v))
@@ -351,8 +351,8 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", help="kernel configs (default: all named ones)")
     parser.add_argument("--autotune", action="store_true", help="also run config 'autotune' (Triton times all)")
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
-    parser.add_argument("--ws-stages", nargs="+", type=int, default=[2, 3, 4],
-                        help="K/V ring slots of the warp-specialized Gluon kernel to time")
+    parser.add_argument("--ws-configs", nargs="*", default=["s2", "s3", "s4", "s3-pingpong"],
+                        help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--time-budget", type=float, default=240.0,

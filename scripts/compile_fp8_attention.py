@@ -7,11 +7,11 @@ emits, and — where Triton's cuobjdump is there — the instruction mix of the 
 (total, special-function-unit ops such as exp2, conversions to FP8): a static profile to read before spending
 GPU time on a variant. `--gluon` adds the Gluon kernel (engine/models/attention_fp8_gluon.py) in each of its
 GluonConfigs; "exp2 during MMA" counts the softmax's exp2s issued while a warpgroup MMA is in flight, which is what
-that kernel exists for. `--gluon-ws 2 3` adds the warp-specialized one (attention_fp8_gluon_ws.py) with 2 and 3
+that kernel exists for. `--gluon-ws s2 s3` adds the warp-specialized one (attention_fp8_gluon_ws.py) with 2 and 3
 K/V slots; its rows give the registers its partitions ask for at run time ("register_reallocations").
 
     python scripts/compile_fp8_attention.py                               # every named config, head dims 64, 128
-    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon --gluon-ws 3
+    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon --gluon-ws s3 s3-pingpong
     python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --head-dims 128 --json out.json
 
 Exits 1 if any config fails to compile (each failure is reported; the others go on).
@@ -174,20 +174,20 @@ def compile_gluon(head_dim: int, config) -> dict:
                               {"num_warps": config.num_warps})
 
 
-def compile_gluon_ws(head_dim: int, stages: int) -> dict:
-    """The warp-specialized Gluon kernel (engine/models/attention_fp8_gluon_ws.py) with `stages` K/V slots."""
+def compile_gluon_ws(head_dim: int, config) -> dict:
+    """The warp-specialized Gluon kernel (engine/models/attention_fp8_gluon_ws.py) in one of its configs."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from reelsmith.engine.models import attention_fp8_gluon_ws as ws_kernel
     from reelsmith.engine.models.attention_fp8_gluon import BLOCK_N, shared_layouts
     from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
 
-    row = {"config": f"gluon-ws-s{stages}", "head_dim": head_dim, "qk_dtype": "int8"}
+    row = {"config": f"gluon-ws-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
     query, key, value = shared_layouts(head_dim, ws_kernel.CONSUMER_ROWS.value)
     signature = {"q_desc": f"tensordesc<i8[{ws_kernel.CONSUMER_ROWS.value},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{BLOCK_N},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{BLOCK_N}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": stages}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": config.stages, "PINGPONG": config.pingpong}
     signature.update({name: "constexpr" for name in constants})
     # the registers ptxas reports are the launch cap; setmaxnreg then gives the consumers more
     return compile_for_hopper(row, GluonASTSource(ws_kernel._fp8_attention_ws_kernel, signature, constants),
@@ -203,15 +203,17 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dims", nargs="+", type=int, choices=[64, 128], default=[64, 128])
     parser.add_argument("--qk-dtype", nargs="+", choices=["int8", "fp8"], default=["int8"])
     parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every GluonConfig")
-    parser.add_argument("--gluon-ws", nargs="*", type=int, default=[], metavar="STAGES",
-                        help="also the warp-specialized Gluon kernel with these numbers of K/V slots")
+    parser.add_argument("--gluon-ws", nargs="*", default=[], metavar="CONFIG",
+                        help="also the warp-specialized Gluon kernel in these configs (s2, s3, s4, s3-pingpong)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = [compile_config(name, dim, qk) for name in args.configs for dim in args.head_dims for qk in args.qk_dtype]
     if args.gluon:
         from reelsmith.engine.models.attention_fp8_gluon import GLUON_CONFIGS
         rows += [compile_gluon(dim, config) for config in GLUON_CONFIGS for dim in args.head_dims]
-    rows += [compile_gluon_ws(dim, stages) for stages in args.gluon_ws for dim in args.head_dims]
+    if args.gluon_ws:
+        from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS
+        rows += [compile_gluon_ws(dim, GLUON_WS_CONFIGS[name]) for name in args.gluon_ws for dim in args.head_dims]
     print("| config | head dim | Q.K | shared KB | registers | programs/SM | loop instr. | exp2 (MUFU) | FP8 cvt | "
           "FMA pipe | exp2 during MMA |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

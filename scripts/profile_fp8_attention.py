@@ -10,7 +10,7 @@ warps were stalled on, per issued instruction (ncu's warp-state counters, larges
     python scripts/profile_fp8_attention.py --shape wan-720p
     python scripts/profile_fp8_attention.py --shape ltx-13b --config m64n128w4s2-fastacc-tma-r168
     python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon --config m64k2v2
-    python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon-ws --config 3   # 3 K/V slots
+    python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon-ws --config s3-pingpong
 
 Under the hood the script runs itself under ncu with `--launch`: that child builds one layer's q, k, v
 (scripts/check_fp8_attention.py's realistic random ones), runs the kernel once to compile it, and once more
@@ -78,9 +78,12 @@ def launch(args) -> None:
             sys.exit(f"unknown Gluon config {args.config!r}: one of {', '.join(configs)}")
         config = GLUON_CONFIGS[0] if args.config == "default" else configs[args.config]
         run = lambda: gluon_fp8_attention(q, k, v, "bshd", config)  # noqa: E731
-    elif args.implementation == "gluon-ws":  # the config is the number of K/V ring slots
-        from reelsmith.engine.models.attention_fp8_gluon_ws import DEFAULT_STAGES, gluon_ws_fp8_attention
-        config = DEFAULT_STAGES if args.config == "default" else int(args.config)
+    elif args.implementation == "gluon-ws":
+        from reelsmith.engine.models.attention_fp8_gluon_ws import (DEFAULT_GLUON_WS_CONFIG, GLUON_WS_CONFIGS,
+                                                                    gluon_ws_fp8_attention)
+        if args.config not in ("default", *GLUON_WS_CONFIGS):
+            sys.exit(f"unknown warp-specialized config {args.config!r}: one of {', '.join(GLUON_WS_CONFIGS)}")
+        config = DEFAULT_GLUON_WS_CONFIG if args.config == "default" else GLUON_WS_CONFIGS[args.config]
         run = lambda: gluon_ws_fp8_attention(q, k, v, "bshd", config)  # noqa: E731
     else:
         config = attention_fp8.resolve_config(args.config, dim, tokens)

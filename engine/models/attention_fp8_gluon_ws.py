@@ -13,6 +13,8 @@ Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -52,17 +54,23 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_r
 
 
 @gluon.jit
-def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_scales,
-                   k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-                   o_layout: gl.constexpr, MASK: gl.constexpr):
-    """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read."""
+def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
+                   q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+                   o_layout: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr, MASK: gl.constexpr):
+    """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read.
+    PINGPONG: the consumers take turns at Q.K^T (FlashAttention-3's ping-pong), so that one's scores run on the
+    tensor cores while the other computes its softmax, rather than both at once."""
     slot = j % STAGES
     phase = (j // STAGES) & 1
     mbarrier.wait(k_ready.index(slot), phase)
+    if PINGPONG:  # consumer 0 goes first: a fresh barrier passes a wait for parity 1
+        mbarrier.wait(turns.index(WG), (j & 1) ^ (1 - WG))
     zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
     s = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s, ))
     mbarrier.arrive(k_empty.index(slot), count=1)
+    if PINGPONG:
+        mbarrier.arrive(turns.index(1 - WG), count=1)
     p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, q_scales, k_scales_base, j * KEY_BLOCK, S, K_GROUP,
                                            gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
@@ -75,9 +83,10 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_scales_ptr, k_scales_ptr,
+def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
               v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
-              Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, WG: gl.constexpr):
+              Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
+              WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -95,12 +104,12 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
     mbarrier.wait(q_bars.index(WG), 0)
     for j in range(0, blocks - 1):
         acc, row_max, row_sum = _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
-                                               k_empty, v_empty, q_scales, k_scales_base, S, K_GROUP, STAGES,
-                                               s_layout, o_layout, False)
+                                               k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP, STAGES,
+                                               s_layout, o_layout, WG, PINGPONG, False)
     # the last block, masked where the sequence ends inside it
     acc, row_max, row_sum = _consume_block(blocks - 1, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
-                                           v_ready, k_empty, v_empty, q_scales, k_scales_base, S, K_GROUP, STAGES,
-                                           s_layout, o_layout, True)
+                                           v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP,
+                                           STAGES, s_layout, o_layout, WG, PINGPONG, True)
 
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_d = gl.arange(0, D, gl.SliceLayout(0, o_layout))
@@ -117,7 +126,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
 @gluon.jit
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
-                             STAGES: gl.constexpr):
+                             STAGES: gl.constexpr, PINGPONG: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
     first_row = gl.program_id(0) * BLOCK_M
@@ -134,8 +143,10 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: whose Q.K^T is next
     for i in gl.static_range(2):
         mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(turns.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -143,18 +154,19 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
         mbarrier.init(v_empty.index(i), count=2)
 
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_scales_ptr, k_scales_ptr,
-                     v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
-                     Q_GROUP, K_GROUP, STAGES, FIRST_CONSUMER)),
-        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_scales_ptr, k_scales_ptr,
-                     v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
-                     Q_GROUP, K_GROUP, STAGES, SECOND_CONSUMER)),
+        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
+                     k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
+                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, FIRST_CONSUMER)),
+        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
+                     k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
+                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, SECOND_CONSUMER)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
                    k_row, v_row, blocks, STAGES)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
     for i in gl.static_range(2):
         mbarrier.invalidate(q_bars.index(i))
+        mbarrier.invalidate(turns.index(i))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_ready.index(i))
         mbarrier.invalidate(v_ready.index(i))
@@ -162,10 +174,23 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
         mbarrier.invalidate(v_empty.index(i))
 
 
-DEFAULT_STAGES = 3
+@dataclass(frozen=True)
+class GluonWsConfig:
+    """K/V ring slots, and whether the consumers take turns at Q.K^T (PINGPONG)."""
+    stages: int = 3
+    pingpong: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"s{self.stages}" + ("-pingpong" if self.pingpong else "")
 
 
-def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", stages: int = DEFAULT_STAGES):
+GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4),
+                                        GluonWsConfig(3, True))}
+DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3"]
+
+
+def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig = DEFAULT_GLUON_WS_CONFIG):
     """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the warp-specialized
     kernel. Hopper only: Gluon has no CPU interpreter."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -186,7 +211,8 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", stages: int = DEFAULT_
     grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
-                                   Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=stages, num_warps=4,
+                                   Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=config.stages,
+                                   PINGPONG=config.pingpong, num_warps=4,
                                    maxnreg=LAUNCH_REGISTERS)
     return out
 
