@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", help="kernel configs (default: all named ones)")
     parser.add_argument("--autotune", action="store_true", help="also run config 'autotune' (Triton times all)")
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
-    parser.add_argument("--ws-configs", nargs="*", default=["s2", "s3", "s4", "s3-pingpong"],
+    parser.add_argument("--ws-configs", nargs="*", default=["s3", "s3-scores", "s2-paired", "s3-paired", "s4-paired"],
                         help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)

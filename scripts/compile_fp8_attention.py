@@ -11,7 +11,7 @@ that kernel exists for. `--gluon-ws s2 s3` adds the warp-specialized one (attent
 K/V slots; its rows give the registers its partitions ask for at run time ("register_reallocations").
 
     python scripts/compile_fp8_attention.py                               # every named config, head dims 64, 128
-    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon --gluon-ws s3 s3-pingpong
+    python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --gluon --gluon-ws s3 s3-paired
     python scripts/compile_fp8_attention.py --configs m64n128w4s3-fastacc-tma --head-dims 128 --json out.json
 
 Exits 1 if any config fails to compile (each failure is reported; the others go on).
@@ -187,7 +187,8 @@ def compile_gluon_ws(head_dim: int, config) -> dict:
     signature = {"q_desc": f"tensordesc<i8[{ws_kernel.CONSUMER_ROWS.value},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{BLOCK_N},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{BLOCK_N}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": config.stages, "PINGPONG": config.pingpong}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": config.stages,
+                 "PINGPONG": config.turns == "scores", "PAIRED": config.turns == "paired"}
     signature.update({name: "constexpr" for name in constants})
     # the registers ptxas reports are the launch cap; setmaxnreg then gives the consumers more
     return compile_for_hopper(row, GluonASTSource(ws_kernel._fp8_attention_ws_kernel, signature, constants),
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--qk-dtype", nargs="+", choices=["int8", "fp8"], default=["int8"])
     parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every GluonConfig")
     parser.add_argument("--gluon-ws", nargs="*", default=[], metavar="CONFIG",
-                        help="also the warp-specialized Gluon kernel in these configs (s2, s3, s4, s3-pingpong)")
+                        help="also the warp-specialized Gluon kernel in these configs (attention_fp8_gluon_ws.GLUON_WS_CONFIGS)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = [compile_config(name, dim, qk) for name in args.configs for dim in args.head_dims for qk in args.qk_dtype]

@@ -10,7 +10,7 @@ warps were stalled on, per issued instruction (ncu's warp-state counters, larges
     python scripts/profile_fp8_attention.py --shape wan-720p
     python scripts/profile_fp8_attention.py --shape ltx-13b --config m64n128w4s2-fastacc-tma-r168
     python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon --config m64k2v2
-    python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon-ws --config s3-pingpong
+    python scripts/profile_fp8_attention.py --shape wan-720p --implementation gluon-ws --config s3-paired
 
 Under the hood the script runs itself under ncu with `--launch`: that child builds one layer's q, k, v
 (scripts/check_fp8_attention.py's realistic random ones), runs the kernel once to compile it, and once more

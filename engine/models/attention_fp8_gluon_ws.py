@@ -54,6 +54,30 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_r
 
 
 @gluon.jit
+def _take_turn(turns, t, WG: gl.constexpr):
+    """Wait until it is consumer WG's t-th turn at the tensor cores (consumer 0 goes first: a fresh barrier passes
+    a wait for parity 1)."""
+    mbarrier.wait(turns.index(WG), (t & 1) ^ (1 - WG))
+
+
+@gluon.jit
+def _issue_scores(q_tile, k_smem, k_ready, j, STAGES: gl.constexpr, s_layout: gl.constexpr):
+    """S = Q.K[j]^T in INT8, issued once block j's K is in (in flight: the caller waits)."""
+    slot = j % STAGES
+    mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+    zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
+    return warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _issue_pv(p, acc, v_smem, v_ready, j, STAGES: gl.constexpr):
+    """acc += P[j].V[j], issued once block j's V is in (in flight: the caller waits)."""
+    slot = j % STAGES
+    mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
+    return warpgroup_mma(p, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
+
+
+@gluon.jit
 def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
                    q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
                    o_layout: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr, MASK: gl.constexpr):
@@ -63,8 +87,8 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
     slot = j % STAGES
     phase = (j // STAGES) & 1
     mbarrier.wait(k_ready.index(slot), phase)
-    if PINGPONG:  # consumer 0 goes first: a fresh barrier passes a wait for parity 1
-        mbarrier.wait(turns.index(WG), (j & 1) ^ (1 - WG))
+    if PINGPONG:
+        _take_turn(turns, j, WG)
     zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
     s = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s, ))
@@ -83,10 +107,54 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
 
 
 @gluon.jit
+def _softmax_rescale(s, acc, row_max, row_sum, q_scales, k_scales_base, j, S, K_GROUP: gl.constexpr,
+                     s_layout: gl.constexpr, o_layout: gl.constexpr, MASK: gl.constexpr):
+    """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, q_scales, k_scales_base, j * KEY_BLOCK, S, K_GROUP,
+                                           gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
+    return p, acc, row_max, row_sum
+
+
+@gluon.jit
+def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
+                   q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr, STAGES: gl.constexpr,
+                   s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr):
+    """Every key block, the MMAs paired in turns (FlashAttention-3's ping-pong): per block j, this consumer's
+    softmax, then in its turn Q.K[j+1]^T and P[j].V[j] issued together, so that the tensor cores run one
+    consumer's two MMAs while the other consumer computes its softmax."""
+    _take_turn(turns, 0, WG)
+    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    mbarrier.arrive(k_empty.index(0), count=1)
+    for j in range(0, blocks - 1):
+        p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, q_scales, k_scales_base, j, S, K_GROUP,
+                                                    s_layout, o_layout, False)
+        _take_turn(turns, j + 1, WG)
+        s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout)
+        acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
+        mbarrier.arrive(turns.index(1 - WG), count=1)
+        s, acc = warpgroup_mma_wait(0, deps=(s, acc))
+        mbarrier.arrive(k_empty.index((j + 1) % STAGES), count=1)
+        mbarrier.arrive(v_empty.index(j % STAGES), count=1)
+    # the last block, masked where the sequence ends inside it
+    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, q_scales, k_scales_base, blocks - 1, S,
+                                                K_GROUP, s_layout, o_layout, True)
+    _take_turn(turns, blocks, WG)
+    acc = _issue_pv(p, acc, v_smem, v_ready, blocks - 1, STAGES)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
+    return acc, row_max, row_sum
+
+
+@gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
               v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
               Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-              WG: gl.constexpr):
+              PAIRED: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -102,14 +170,19 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
     acc = gl.zeros([CONSUMER_ROWS, D], gl.float32, o_layout)
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
-    for j in range(0, blocks - 1):
-        acc, row_max, row_sum = _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
-                                               k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP, STAGES,
-                                               s_layout, o_layout, WG, PINGPONG, False)
-    # the last block, masked where the sequence ends inside it
-    acc, row_max, row_sum = _consume_block(blocks - 1, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
-                                           v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP,
-                                           STAGES, s_layout, o_layout, WG, PINGPONG, True)
+    if PAIRED:
+        acc, row_max, row_sum = _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
+                                               k_empty, v_empty, turns, q_scales, k_scales_base, S, blocks, K_GROUP,
+                                               STAGES, s_layout, o_layout, WG)
+    else:
+        for j in range(0, blocks - 1):
+            acc, row_max, row_sum = _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
+                                                   v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S,
+                                                   K_GROUP, STAGES, s_layout, o_layout, WG, PINGPONG, False)
+        # the last block, masked where the sequence ends inside it
+        acc, row_max, row_sum = _consume_block(blocks - 1, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
+                                               v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP,
+                                               STAGES, s_layout, o_layout, WG, PINGPONG, True)
 
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_d = gl.arange(0, D, gl.SliceLayout(0, o_layout))
@@ -126,7 +199,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
 @gluon.jit
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
-                             STAGES: gl.constexpr, PINGPONG: gl.constexpr):
+                             STAGES: gl.constexpr, PINGPONG: gl.constexpr, PAIRED: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
     first_row = gl.program_id(0) * BLOCK_M
@@ -156,10 +229,10 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, FIRST_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, PAIRED, FIRST_CONSUMER)),
         (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, SECOND_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, PAIRED, SECOND_CONSUMER)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
                    k_row, v_row, blocks, STAGES)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
@@ -176,18 +249,20 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
 
 @dataclass(frozen=True)
 class GluonWsConfig:
-    """K/V ring slots, and whether the consumers take turns at Q.K^T (PINGPONG)."""
+    """K/V ring slots, and how the consumers share the tensor cores: 'free' (no coordination), 'scores' (they take
+    turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together)."""
     stages: int = 3
-    pingpong: bool = False
+    turns: str = "free"
 
     @property
     def name(self) -> str:
-        return f"s{self.stages}" + ("-pingpong" if self.pingpong else "")
+        return f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
 
 
 GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4),
-                                        GluonWsConfig(3, True))}
-DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3"]
+                                        GluonWsConfig(3, "scores"), GluonWsConfig(2, "paired"),
+                                        GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"))}
+DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]
 
 
 def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig = DEFAULT_GLUON_WS_CONFIG):
@@ -212,7 +287,7 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     _fp8_attention_ws_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
                                    Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=config.stages,
-                                   PINGPONG=config.pingpong, num_warps=4,
+                                   PINGPONG=config.turns == "scores", PAIRED=config.turns == "paired", num_warps=4,
                                    maxnreg=LAUNCH_REGISTERS)
     return out
 
