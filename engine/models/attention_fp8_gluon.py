@@ -53,11 +53,15 @@ def _issue_scores(q_smem, k_smem, s_layout: gl.constexpr, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _softmax(s_int, row_max, row_sum, q_scales, k_scales_base, start_n, S, K_GROUP: gl.constexpr,
-             col_layout: gl.constexpr, BLOCK_N: gl.constexpr, MASK: gl.constexpr):
+def _row_factor(q_scales, k_scales_base, start_n, K_GROUP: gl.constexpr):
+    """The scores' scale per row of one key block: Q's per-row scale times the block's one K scale."""
+    return q_scales * gl.load(k_scales_base + start_n // K_GROUP)
+
+
+@gluon.jit
+def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+             MASK: gl.constexpr):
     """P in e4m3 (times 448) of one block's INT8 scores, the new row maxima and sums, and the factor acc needs."""
-    # one K scale per key block: with Q's per-row scale, one factor per row
-    row_factor = q_scales * gl.load(k_scales_base + start_n // K_GROUP)
     qk = (s_int + INT_AS_FLOAT_BITS).to(gl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + integer score
     if MASK:
         cols = start_n + gl.arange(0, BLOCK_N, col_layout)
@@ -108,8 +112,9 @@ def _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_ba
     acc = _issue_pv(acc, p_smem, v_smem, v_bars, j, V_STAGES)
     # block j+1's softmax once its scores are in, while P[j].V[j] runs (P[j+1] goes to the other P buffer)
     s_next = warpgroup_mma_wait(1, deps=(s_next, ))
-    p8, row_max, row_sum, alpha = _softmax(s_next, row_max, row_sum, q_scales, k_scales_base, (j + 1) * BLOCK_N,
-                                           S, K_GROUP, col_layout, BLOCK_N, MASK)
+    p8, row_max, row_sum, alpha = _softmax(s_next, row_max, row_sum,
+                                           _row_factor(q_scales, k_scales_base, (j + 1) * BLOCK_N, K_GROUP),
+                                           (j + 1) * BLOCK_N, S, col_layout, BLOCK_N, MASK)
     _keep_p(p8, p_smem, j + 1)
     # acc to block j+1's row maxima once P[j].V[j] is in; then V[j + V_STAGES] into the slot it read. Nothing in
     # flight crosses the loop's back edge (where a register copy could touch an in-flight MMA's registers, ptxas
@@ -184,8 +189,8 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_bars.index(0), 0)
     s_first = warpgroup_mma_wait(0, deps=(_issue_scores(q_smem, k_smem.index(0), s_layout, BLOCK_M, BLOCK_N), ))
-    p8, row_max, row_sum, alpha = _softmax(s_first, row_max, row_sum, q_scales, k_scales_base, 0, S, K_GROUP,
-                                           col_layout, BLOCK_N, True)
+    p8, row_max, row_sum, alpha = _softmax(s_first, row_max, row_sum, _row_factor(q_scales, k_scales_base, 0, K_GROUP),
+                                           0, S, col_layout, BLOCK_N, True)
     _keep_p(p8, p_smem, 0)
     for j in range(0, blocks - 2):
         acc, row_max, row_sum = _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_bars,

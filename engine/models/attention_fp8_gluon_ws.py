@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import BLOCK_N, _softmax, _tma_load, shared_layouts
+from .attention_fp8_gluon import BLOCK_N, _row_factor, _softmax, _tma_load, shared_layouts
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
@@ -86,6 +86,7 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
     tensor cores while the other computes its softmax, rather than both at once."""
     slot = j % STAGES
     phase = (j // STAGES) & 1
+    row_factor = _row_factor(q_scales, k_scales_base, j * KEY_BLOCK, K_GROUP)  # its load overlaps the MMA
     mbarrier.wait(k_ready.index(slot), phase)
     if PINGPONG:
         _take_turn(turns, j, WG)
@@ -95,7 +96,7 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
     mbarrier.arrive(k_empty.index(slot), count=1)
     if PINGPONG:
         mbarrier.arrive(turns.index(1 - WG), count=1)
-    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, q_scales, k_scales_base, j * KEY_BLOCK, S, K_GROUP,
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_BLOCK, S,
                                            gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
@@ -107,10 +108,10 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
 
 
 @gluon.jit
-def _softmax_rescale(s, acc, row_max, row_sum, q_scales, k_scales_base, j, S, K_GROUP: gl.constexpr,
-                     s_layout: gl.constexpr, o_layout: gl.constexpr, MASK: gl.constexpr):
+def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.constexpr, o_layout: gl.constexpr,
+                     MASK: gl.constexpr):
     """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
-    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, q_scales, k_scales_base, j * KEY_BLOCK, S, K_GROUP,
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_BLOCK, S,
                                            gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
@@ -127,21 +128,23 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
     _take_turn(turns, 0, WG)
     s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout)
     mbarrier.arrive(turns.index(1 - WG), count=1)
+    row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)  # each block's K scale loads while MMAs run
     s = warpgroup_mma_wait(0, deps=(s, ))
     mbarrier.arrive(k_empty.index(0), count=1)
     for j in range(0, blocks - 1):
-        p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, q_scales, k_scales_base, j, S, K_GROUP,
-                                                    s_layout, o_layout, False)
+        p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout,
+                                                    False)
         _take_turn(turns, j + 1, WG)
         s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout)
         acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
         mbarrier.arrive(turns.index(1 - WG), count=1)
+        row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_BLOCK, K_GROUP)
         s, acc = warpgroup_mma_wait(0, deps=(s, acc))
         mbarrier.arrive(k_empty.index((j + 1) % STAGES), count=1)
         mbarrier.arrive(v_empty.index(j % STAGES), count=1)
     # the last block, masked where the sequence ends inside it
-    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, q_scales, k_scales_base, blocks - 1, S,
-                                                K_GROUP, s_layout, o_layout, True)
+    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, blocks - 1, S, s_layout,
+                                                o_layout, True)
     _take_turn(turns, blocks, WG)
     acc = _issue_pv(p, acc, v_smem, v_ready, blocks - 1, STAGES)
     mbarrier.arrive(turns.index(1 - WG), count=1)
