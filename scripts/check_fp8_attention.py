@@ -198,8 +198,8 @@ def check_kernels(args) -> list[dict]:
                 torch.cuda.empty_cache()
 
         bhsd = [t.transpose(1, 2) for t in (q, k, v)]  # the views diffusers' native backend hands to SDPA
-        for label, backend in (("sdpa cudnn (bf16)", SDPBackend.CUDNN_ATTENTION),
-                               ("sdpa flash (bf16)", SDPBackend.FLASH_ATTENTION)):
+        for label, backend in () if args.kernels_only else (("sdpa cudnn (bf16)", SDPBackend.CUDNN_ATTENTION),
+                                                            ("sdpa flash (bf16)", SDPBackend.FLASH_ATTENTION)):
             def run_sdpa(backend=backend):
                 with sdpa_kernel(backend):
                     return F.scaled_dot_product_attention(*bhsd).transpose(1, 2)
@@ -227,7 +227,7 @@ def check_kernels(args) -> list[dict]:
             except ImportError as error:
                 print(f"  gluon: not importable ({error})", flush=True)
             else:
-                for gluon_config in GLUON_CONFIGS:
+                for gluon_config in () if args.kernels_only else GLUON_CONFIGS:
                     record(f"fp8 int8 gluon {gluon_config.name}",
                            lambda c=gluon_config: gluon_fp8_attention(q, k, v, "bshd", c), quant_s)
                 # warp-specialized: a loader warp and two consumer warpgroups sharing each K / V block
@@ -235,7 +235,7 @@ def check_kernels(args) -> list[dict]:
                 for name in args.ws_configs:
                     record(f"fp8 int8 gluon-ws {name}",
                            lambda c=GLUON_WS_CONFIGS[name]: gluon_ws_fp8_attention(q, k, v, "bshd", c), quant_s)
-        if not args.tiny:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
+        if not args.tiny and not args.kernels_only:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
             from reelsmith.engine.models.attention_fp8_cudnn import cudnn_fp8_attention
             record("cudnn fp8 (frontend sdpa_fp8)", lambda: cudnn_fp8_attention(q, k, v))
         del q, k, v, exact, bhsd
@@ -353,6 +353,8 @@ def main(argv=None) -> int:
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
     parser.add_argument("--ws-configs", nargs="*", default=["s3", "s3-scores", "s2-paired", "s3-paired", "s4-paired"],
                         help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py)")
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="only --configs and --ws-configs (no SDPA, GluonConfig or cuDNN FP8 rows)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--time-budget", type=float, default=240.0,
