@@ -235,7 +235,8 @@ def check_kernels(args) -> list[dict]:
                 for name in args.ws_configs:
                     record(f"fp8 int8 gluon-ws {name}",
                            lambda c=GLUON_WS_CONFIGS[name]: gluon_ws_fp8_attention(q, k, v, "bshd", c), quant_s)
-        if not args.tiny and not args.kernels_only:  # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
+        # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
+        if not args.tiny and not args.kernels_only:
             from reelsmith.engine.models.attention_fp8_cudnn import cudnn_fp8_attention
             record("cudnn fp8 (frontend sdpa_fp8)", lambda: cudnn_fp8_attention(q, k, v))
         del q, k, v, exact, bhsd
@@ -364,9 +365,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
-    parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn", "gluon"],
-                        help="the forward's fp8 implementation: our Triton kernel, cuDNN's FP8 attention or our "
-                             "Gluon kernel")
+    parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn", "gluon", "gluon-ws"],
+                        help="the forward's fp8 implementation: our Triton kernel, cuDNN's FP8 attention or one "
+                             "of our Gluon kernels")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)
     parser.add_argument("--sample-steps", type=int, default=0,

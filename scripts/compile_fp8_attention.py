@@ -188,7 +188,7 @@ def compile_gluon_ws(head_dim: int, config) -> dict:
                  "k_desc": f"tensordesc<i8[{BLOCK_N},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{BLOCK_N}],{value!r}>", **SCALES_AND_OUTPUT}
     constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": config.stages,
-                 "PINGPONG": config.turns == "scores", "PAIRED": config.turns == "paired"}
+                 "SCORE_TURNS": config.turns == "scores", "PAIRED_TURNS": config.turns == "paired"}
     signature.update({name: "constexpr" for name in constants})
     # the registers ptxas reports are the launch cap; setmaxnreg then gives the consumers more
     return compile_for_hopper(row, GluonASTSource(ws_kernel._fp8_attention_ws_kernel, signature, constants),
@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     parser.add_argument("--qk-dtype", nargs="+", choices=["int8", "fp8"], default=["int8"])
     parser.add_argument("--gluon", action="store_true", help="also the Gluon kernel, every GluonConfig")
     parser.add_argument("--gluon-ws", nargs="*", default=[], metavar="CONFIG",
-                        help="also the warp-specialized Gluon kernel in these configs (attention_fp8_gluon_ws.GLUON_WS_CONFIGS)")
+                        help="also the warp-specialized Gluon kernel in these configs "
+                             "(attention_fp8_gluon_ws.GLUON_WS_CONFIGS)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = [compile_config(name, dim, qk) for name in args.configs for dim in args.head_dims for qk in args.qk_dtype]

@@ -45,9 +45,11 @@ METRIC_GROUPS = (
     ("pipes busy (% of peak, active cycles)", r"^sm__(inst_executed_)?pipe_\w+\.avg\.pct_of_peak_sustained_active$"),
     ("warps per scheduler", r"^smsp__warps_(active|eligible)\.avg\.per_cycle_active$|"
                             r"^smsp__maximum_warps_avail_per_scheduler|^sm__warps_active\.avg\.pct_of_peak"),
-    ("stall reasons (cycles per issued instruction)", r"^smsp__average_warps_issue_stalled_\w+_per_issue_active\.ratio$"),
-    ("memory (% of peak)", r"^(lts__t_sectors|lts__throughput|dram__throughput|l1tex__data_pipe_lsu_wavefronts_mem_shared|"
-                           r"l1tex__throughput)\S*\.avg\.pct_of_peak_sustained_elapsed$"),
+    ("stall reasons (cycles per issued instruction)",
+     r"^smsp__average_warps_issue_stalled_\w+_per_issue_active\.ratio$"),
+    ("memory (% of peak)", r"^(lts__t_sectors|lts__throughput|dram__throughput|"
+                           r"l1tex__data_pipe_lsu_wavefronts_mem_shared|l1tex__throughput)"
+                           r"\S*\.avg\.pct_of_peak_sustained_elapsed$"),
     ("registers and shared memory", r"^launch__(registers_per_thread|shared_mem_per_block\w*|occupancy_limit_\w+|"
                                     r"waves_per_multiprocessor|grid_size|block_size)$"),
 )

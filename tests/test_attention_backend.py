@@ -145,7 +145,7 @@ def test_explicit_choice_checked_against_the_device(default_backend):
         apply_attention_backend(tiny_wan(), "cudnn", CPU)
 
 
-@pytest.mark.parametrize("implementation", ["cudnn", "gluon"])
+@pytest.mark.parametrize("implementation", ["cudnn", "gluon", "gluon-ws"])
 def test_an_fp8_implementation_that_cannot_run_here_fails_before_any_swap(implementation):
     from diffusers import WanTransformer3DModel
 

@@ -8,6 +8,18 @@ Against the Triton kernel (two independent 64-row programs per multiprocessor): 
 L2 into shared memory once per 128 rows, not once per 64, and the consumers issue no loads; register
 reallocation gives the consumers 240 registers each, the loader 24.
 
+How the consumers share the tensor cores (GluonWsConfig.turns): 'free' leaves it to the warp schedulers;
+'scores' makes them take turns at Q.K^T (two mbarriers pass the turn); 'paired' makes each issue Q.K[j+1]^T and
+P[j].V[j] together in its turn after its softmax of block j (FlashAttention-3's ping-pong: one consumer's MMAs
+run while the other computes its softmax).
+
+Measured on an H100 (2026-12-07, per layer, scripts/check_fp8_attention.py, the Triton kernel's default in the
+same run at 140.4 ms for Wan 720p and 3.16 ms for LTX 13B): exactly the Triton kernel's accuracy (cosine
+0.999847); 'free' 151-152 ms (2-4 slots), 'scores' 137.7 ms (2 % faster) but 3.41 ms at LTX 13B (8 % slower).
+Nsight Compute on 'free': 0.62 cycles per instruction stalled on the K-scale load (now issued before the MMA
+it can hide behind) and tensor cores busy 39 % (the Triton kernel 45 %). 'paired' and the K-scale prefetch
+compile (tests/test_attention_fp8_gluon_ws.py) and are not yet timed. Opt-in implementation 'gluon-ws'.
+
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
 """
 
@@ -22,7 +34,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import BLOCK_N, _row_factor, _softmax, _tma_load, shared_layouts
+from .attention_fp8_gluon import BLOCK_N, _row_factor, _softmax, _tma_load, gluon_unavailable, shared_layouts
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
@@ -80,21 +92,21 @@ def _issue_pv(p, acc, v_smem, v_ready, j, STAGES: gl.constexpr):
 @gluon.jit
 def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
                    q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-                   o_layout: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr, MASK: gl.constexpr):
+                   o_layout: gl.constexpr, WG: gl.constexpr, SCORE_TURNS: gl.constexpr, MASK: gl.constexpr):
     """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read.
-    PINGPONG: the consumers take turns at Q.K^T (FlashAttention-3's ping-pong), so that one's scores run on the
-    tensor cores while the other computes its softmax, rather than both at once."""
+    SCORE_TURNS: the consumers take turns at Q.K^T, so that one's scores run on the tensor cores while the other
+    computes its softmax, rather than both at once."""
     slot = j % STAGES
     phase = (j // STAGES) & 1
     row_factor = _row_factor(q_scales, k_scales_base, j * KEY_BLOCK, K_GROUP)  # its load overlaps the MMA
     mbarrier.wait(k_ready.index(slot), phase)
-    if PINGPONG:
+    if SCORE_TURNS:
         _take_turn(turns, j, WG)
     zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
     s = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s, ))
     mbarrier.arrive(k_empty.index(slot), count=1)
-    if PINGPONG:
+    if SCORE_TURNS:
         mbarrier.arrive(turns.index(1 - WG), count=1)
     p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_BLOCK, S,
                                            gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
@@ -156,8 +168,8 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
               v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
-              Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-              PAIRED: gl.constexpr, WG: gl.constexpr):
+              Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr,
+              PAIRED_TURNS: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -173,7 +185,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
     acc = gl.zeros([CONSUMER_ROWS, D], gl.float32, o_layout)
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
-    if PAIRED:
+    if PAIRED_TURNS:
         acc, row_max, row_sum = _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
                                                k_empty, v_empty, turns, q_scales, k_scales_base, S, blocks, K_GROUP,
                                                STAGES, s_layout, o_layout, WG)
@@ -181,11 +193,11 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
         for j in range(0, blocks - 1):
             acc, row_max, row_sum = _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
                                                    v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S,
-                                                   K_GROUP, STAGES, s_layout, o_layout, WG, PINGPONG, False)
+                                                   K_GROUP, STAGES, s_layout, o_layout, WG, SCORE_TURNS, False)
         # the last block, masked where the sequence ends inside it
         acc, row_max, row_sum = _consume_block(blocks - 1, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
                                                v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP,
-                                               STAGES, s_layout, o_layout, WG, PINGPONG, True)
+                                               STAGES, s_layout, o_layout, WG, SCORE_TURNS, True)
 
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_d = gl.arange(0, D, gl.SliceLayout(0, o_layout))
@@ -202,7 +214,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
 @gluon.jit
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
-                             STAGES: gl.constexpr, PINGPONG: gl.constexpr, PAIRED: gl.constexpr):
+                             STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr, PAIRED_TURNS: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
     first_row = gl.program_id(0) * BLOCK_M
@@ -219,7 +231,7 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: whose Q.K^T is next
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # whose turn at the MMAs it is
     for i in gl.static_range(2):
         mbarrier.init(q_bars.index(i), count=1)
         mbarrier.init(turns.index(i), count=1)
@@ -232,10 +244,10 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, PAIRED, FIRST_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, FIRST_CONSUMER)),
         (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, PINGPONG, PAIRED, SECOND_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, SECOND_CONSUMER)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
                    k_row, v_row, blocks, STAGES)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
@@ -265,7 +277,7 @@ class GluonWsConfig:
 GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4),
                                         GluonWsConfig(3, "scores"), GluonWsConfig(2, "paired"),
                                         GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"))}
-DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]
+DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-scores"]  # the fastest measured
 
 
 def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig = DEFAULT_GLUON_WS_CONFIG):
@@ -290,9 +302,15 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     _fp8_attention_ws_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
                                    Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=config.stages,
-                                   PINGPONG=config.turns == "scores", PAIRED=config.turns == "paired", num_warps=4,
+                                   SCORE_TURNS=config.turns == "scores", PAIRED_TURNS=config.turns == "paired",
+                                   num_warps=4,
                                    maxnreg=LAUNCH_REGISTERS)
     return out
+
+
+def gluon_ws_unavailable() -> str | None:
+    """Why the warp-specialized kernel cannot run here, or None (the Gluon kernel's reasons)."""
+    return gluon_unavailable()
 
 
 def _gluon_ws_fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
