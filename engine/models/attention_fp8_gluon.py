@@ -254,26 +254,35 @@ def shared_layouts(dim: int, block_m: int = 64):
             gl.NVMMASharedLayout.get_default_for([dim, BLOCK_N], gl.float8e4nv))
 
 
-def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEFAULT_GLUON_CONFIG):
-    """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the Gluon kernel.
-    Hopper only: Gluon has no CPU interpreter."""
+def quantised_inputs(q, k, v, layout: str, query_rows: int):
+    """q, k, v quantised for the Gluon kernels (INT8 Q.K), as tensor descriptors of query blocks of `query_rows`
+    and key / value blocks of BLOCK_N, with the quantised buffers' scales and an empty output."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from .attention_fp8_quant import logical_strides, quantise_qkv
+    from .attention_fp8_quant import quantise_qkv
 
     qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8")
     if qkv.k_group % BLOCK_N:
-        raise ValueError(f"the Gluon kernel takes one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
+        raise ValueError(f"the Gluon kernels take one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
     dim = qkv.q.shape[-1]
     rows = qkv.batch * qkv.heads * qkv.padded
-    query_layout, key_layout, value_layout = shared_layouts(dim, config.block_m)
-    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [config.block_m, dim], query_layout)
+    query_layout, key_layout, value_layout = shared_layouts(dim, query_rows)
+    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [query_rows, dim], query_layout)
     k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [BLOCK_N, dim], key_layout)
     v_desc = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
                               [dim, BLOCK_N], value_layout)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    return qkv, (q_desc, k_desc, v_desc), out
+
+
+def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEFAULT_GLUON_CONFIG):
+    """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the Gluon kernel.
+    Hopper only: Gluon has no CPU interpreter."""
+    from .attention_fp8_quant import logical_strides
+
+    qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.block_m)
     grid = (triton.cdiv(qkv.tokens, config.block_m), qkv.batch * qkv.heads)
-    _fp8_attention_gluon_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales,
+    _fp8_attention_gluon_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales,
                                       qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
                                       *logical_strides(out, layout), Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group,
                                       K_STAGES=config.k_stages, V_STAGES=config.v_stages,

@@ -34,7 +34,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import BLOCK_N, _row_factor, _softmax, _tma_load, gluon_unavailable, shared_layouts
+from .attention_fp8_gluon import BLOCK_N, _row_factor, _softmax, _tma_load, gluon_unavailable, quantised_inputs
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
@@ -283,28 +283,15 @@ DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-scores"]  # the fastest measured
 def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig = DEFAULT_GLUON_WS_CONFIG):
     """Self-attention of q, k, v like attention_fp8.fp8_attention (INT8 Q.K only), through the warp-specialized
     kernel. Hopper only: Gluon has no CPU interpreter."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from .attention_fp8_quant import logical_strides
 
-    from .attention_fp8_quant import logical_strides, quantise_qkv
-
-    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8")
-    if qkv.k_group % BLOCK_N:
-        raise ValueError(f"the Gluon kernel takes one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
-    dim = qkv.q.shape[-1]
-    rows = qkv.batch * qkv.heads * qkv.padded
-    query_layout, key_layout, value_layout = shared_layouts(dim, CONSUMER_ROWS.value)
-    q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [CONSUMER_ROWS.value, dim], query_layout)
-    k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [BLOCK_N, dim], key_layout)
-    v_desc = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
-                              [dim, BLOCK_N], value_layout)
-    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    qkv, descriptors, out = quantised_inputs(q, k, v, layout, CONSUMER_ROWS.value)
     grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
-    _fp8_attention_ws_kernel[grid](q_desc, k_desc, v_desc, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
+    _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
                                    Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=config.stages,
                                    SCORE_TURNS=config.turns == "scores", PAIRED_TURNS=config.turns == "paired",
-                                   num_warps=4,
-                                   maxnreg=LAUNCH_REGISTERS)
+                                   num_warps=4, maxnreg=LAUNCH_REGISTERS)
     return out
 
 
