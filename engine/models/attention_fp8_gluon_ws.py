@@ -90,36 +90,6 @@ def _issue_pv(p, acc, v_smem, v_ready, j, STAGES: gl.constexpr):
 
 
 @gluon.jit
-def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
-                   q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-                   o_layout: gl.constexpr, WG: gl.constexpr, SCORE_TURNS: gl.constexpr, MASK: gl.constexpr):
-    """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read.
-    SCORE_TURNS: the consumers take turns at Q.K^T, so that one's scores run on the tensor cores while the other
-    computes its softmax, rather than both at once."""
-    slot = j % STAGES
-    phase = (j // STAGES) & 1
-    row_factor = _row_factor(q_scales, k_scales_base, j * KEY_BLOCK, K_GROUP)  # its load overlaps the MMA
-    mbarrier.wait(k_ready.index(slot), phase)
-    if SCORE_TURNS:
-        _take_turn(turns, j, WG)
-    zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
-    s = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(0, deps=(s, ))
-    mbarrier.arrive(k_empty.index(slot), count=1)
-    if SCORE_TURNS:
-        mbarrier.arrive(turns.index(1 - WG), count=1)
-    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_BLOCK, S,
-                                           gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
-    mbarrier.wait(v_ready.index(slot), phase)
-    acc = warpgroup_mma(p, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
-    acc = warpgroup_mma_wait(0, deps=(acc, ))
-    mbarrier.arrive(v_empty.index(slot), count=1)
-    return acc, row_max, row_sum
-
-
-@gluon.jit
 def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.constexpr, o_layout: gl.constexpr,
                      MASK: gl.constexpr):
     """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
@@ -128,6 +98,28 @@ def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.co
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
     return p, acc, row_max, row_sum
+
+
+@gluon.jit
+def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
+                   q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+                   o_layout: gl.constexpr, WG: gl.constexpr, SCORE_TURNS: gl.constexpr, MASK: gl.constexpr):
+    """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read.
+    SCORE_TURNS: the consumers take turns at Q.K^T, so that one's scores run on the tensor cores while the other
+    computes its softmax, rather than both at once."""
+    row_factor = _row_factor(q_scales, k_scales_base, j * KEY_BLOCK, K_GROUP)  # its load overlaps the MMA
+    if SCORE_TURNS:
+        _take_turn(turns, j, WG)
+    s = _issue_scores(q_tile, k_smem, k_ready, j, STAGES, s_layout)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    mbarrier.arrive(k_empty.index(j % STAGES), count=1)
+    if SCORE_TURNS:
+        mbarrier.arrive(turns.index(1 - WG), count=1)
+    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout, MASK)
+    acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index(j % STAGES), count=1)
+    return acc, row_max, row_sum
 
 
 @gluon.jit
