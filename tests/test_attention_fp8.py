@@ -411,3 +411,19 @@ def test_compiled_blocks_keep_the_kernel_in_one_graph(default_backend):
         torch._dynamo.reset()
     assert torch.equal(compiled, eager)
     assert cosine(compiled, run_wan(untouched)) >= 0.995
+
+
+@needs_kernel
+def test_gluon_kernels_host_side_describes_the_quantised_buffers():
+    """The Gluon kernels run on Hopper only; their shared host side (quantise, then tensor descriptors of the
+    padded buffers in the blocks the kernels load) runs here."""
+    gluon_kernels = pytest.importorskip("reelsmith.engine.models.attention_fp8_gluon",
+                                        reason="this Triton has no Gluon")
+    q, k, v = layer_inputs(batch=1, heads=2, tokens=300, dim=128)
+    qkv, (q_desc, k_desc, v_desc), out = gluon_kernels.quantised_inputs(q, k, v, "bshd", 64)
+    assert qkv.padded == 512 and qkv.qk_dtype == "int8"
+    assert q_desc.base is qkv.q and list(q_desc.shape) == [2 * 512, 128] and list(q_desc.block_shape) == [64, 128]
+    assert k_desc.base is qkv.k and list(k_desc.block_shape) == [128, 128]
+    # V transposed: head dim rows, tokens contiguous (the P.V MMA's operand), key blocks of 128 tokens
+    assert v_desc.base is qkv.v_t and list(v_desc.shape) == [2 * 128, 512] and list(v_desc.block_shape) == [128, 128]
+    assert out.shape == q.shape and out.dtype == q.dtype
