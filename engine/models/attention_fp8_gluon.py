@@ -129,6 +129,23 @@ def _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_ba
 
 
 @gluon.jit
+def _store_output(acc, row_sum, first_row, bh, v_scales_ptr, v_means_ptr, out_ptr, S, H, sob, soh, sos, sod,
+                  o_layout: gl.constexpr, ROWS: gl.constexpr, D: gl.constexpr):
+    """Rows first_row.. of head bh: acc over the row sums with V's scale and mean restored, stored in the output's
+    layout (rows past S left out)."""
+    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    offs_d = gl.arange(0, D, gl.SliceLayout(0, o_layout))
+    offs_m = first_row + gl.arange(0, ROWS, orow_layout)
+    v_scales = gl.load(v_scales_ptr + bh * D + offs_d)
+    v_means = gl.load(v_means_ptr + bh * D + offs_d)
+    row_sum = gl.convert_layout(row_sum, orow_layout)
+    out = acc * gl.expand_dims(v_scales, 0) / gl.expand_dims(row_sum, 1) + gl.expand_dims(v_means, 0)
+    out_ptrs = (out_ptr + (bh // H) * sob + (bh % H) * soh + gl.expand_dims(offs_m, 1) * sos
+                + gl.expand_dims(offs_d, 0) * sod)
+    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(offs_m < S, 1))
+
+
+@gluon.jit
 def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr,
                                 out_ptr, S, S_pad, H, sob, soh, sos, sod,
                                 Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, K_STAGES: gl.constexpr,
@@ -209,19 +226,8 @@ def _fp8_attention_gluon_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_p
     for i in gl.static_range(V_STAGES):
         mbarrier.invalidate(v_bars.index(i))
 
-    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
-    ocol_layout: gl.constexpr = gl.SliceLayout(0, o_layout)
-    offs_d = gl.arange(0, D, ocol_layout)
-    offs_m = start_m * BLOCK_M + gl.arange(0, BLOCK_M, orow_layout)
-    v_scales = gl.load(v_scales_ptr + bh * D + offs_d)
-    v_means = gl.load(v_means_ptr + bh * D + offs_d)
-    row_sum = gl.convert_layout(row_sum, orow_layout)
-    out = acc * gl.expand_dims(v_scales, 0) / gl.expand_dims(row_sum, 1) + gl.expand_dims(v_means, 0)
-    b = bh // H
-    h = bh % H
-    out_ptrs = (out_ptr + b * sob + h * soh + gl.expand_dims(offs_m, 1) * sos + gl.expand_dims(offs_d, 0) * sod)
-    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(offs_m < S, 1))
-
+    _store_output(acc, row_sum, start_m * BLOCK_M, bh, v_scales_ptr, v_means_ptr, out_ptr, S, H, sob, soh, sos, sod,
+                  o_layout, BLOCK_M, D)
 
 BLOCK_N = 128
 

@@ -34,7 +34,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import BLOCK_N, _row_factor, _softmax, _tma_load, gluon_unavailable, quantised_inputs
+from .attention_fp8_gluon import (BLOCK_N, _row_factor, _softmax, _store_output, _tma_load, gluon_unavailable,
+                                  quantised_inputs)
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
@@ -191,17 +192,8 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
                                                v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP,
                                                STAGES, s_layout, o_layout, WG, SCORE_TURNS, True)
 
-    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
-    offs_d = gl.arange(0, D, gl.SliceLayout(0, o_layout))
-    offs_m = rows_start + gl.arange(0, CONSUMER_ROWS, orow_layout)
-    v_scales = gl.load(v_scales_ptr + bh * D + offs_d)
-    v_means = gl.load(v_means_ptr + bh * D + offs_d)
-    row_sum = gl.convert_layout(row_sum, orow_layout)
-    out = acc * gl.expand_dims(v_scales, 0) / gl.expand_dims(row_sum, 1) + gl.expand_dims(v_means, 0)
-    out_ptrs = (out_ptr + (bh // H) * sob + (bh % H) * soh + gl.expand_dims(offs_m, 1) * sos
-                + gl.expand_dims(offs_d, 0) * sod)
-    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(offs_m < S, 1))
-
+    _store_output(acc, row_sum, rows_start, bh, v_scales_ptr, v_means_ptr, out_ptr, S, H, sob, soh, sos, sod,
+                  o_layout, CONSUMER_ROWS, D)
 
 @gluon.jit
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
