@@ -155,44 +155,39 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
                               config.launch_options())
 
 
-def compile_gluon(head_dim: int, config) -> dict:
-    """The Gluon kernel (engine/models/attention_fp8_gluon.py) in one of its GluonConfigs."""
+def compile_gluon_kernel(row: dict, kernel, head_dim: int, query_rows: int, config) -> dict:
+    """A Gluon kernel taking the quantised buffers as descriptors (attention_fp8_gluon.quantised_inputs' blocks)
+    with `config`'s constants and launch options."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
-    from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
-
-    row = {"config": f"gluon-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
-    query, key, value = gluon_kernel.shared_layouts(head_dim, config.block_m)
-    block_m, block_n = config.block_m, gluon_kernel.BLOCK_N
-    signature = {"q_desc": f"tensordesc<i8[{block_m},{head_dim}],{query!r}>",
-                 "k_desc": f"tensordesc<i8[{block_n},{head_dim}],{key!r}>",
-                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{block_n}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "K_STAGES": config.k_stages, "V_STAGES": config.v_stages}
-    signature.update({name: "constexpr" for name in constants})
-    return compile_for_hopper(row, GluonASTSource(gluon_kernel._fp8_attention_gluon_kernel, signature, constants),
-                              {"num_warps": config.num_warps})
-
-
-def compile_gluon_ws(head_dim: int, config) -> dict:
-    """The warp-specialized Gluon kernel (engine/models/attention_fp8_gluon_ws.py) in one of its configs."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    from reelsmith.engine.models import attention_fp8_gluon_ws as ws_kernel
     from reelsmith.engine.models.attention_fp8_gluon import BLOCK_N, shared_layouts
     from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
 
-    row = {"config": f"gluon-ws-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
-    query, key, value = shared_layouts(head_dim, ws_kernel.CONSUMER_ROWS.value)
-    signature = {"q_desc": f"tensordesc<i8[{ws_kernel.CONSUMER_ROWS.value},{head_dim}],{query!r}>",
+    query, key, value = shared_layouts(head_dim, query_rows)
+    signature = {"q_desc": f"tensordesc<i8[{query_rows},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{BLOCK_N},{head_dim}],{key!r}>",
                  "v_desc": f"tensordesc<fp8e4nv[{head_dim},{BLOCK_N}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, "STAGES": config.stages,
-                 "SCORE_TURNS": config.turns == "scores", "PAIRED_TURNS": config.turns == "paired"}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, **config.kernel_constants()}
     signature.update({name: "constexpr" for name in constants})
-    # the registers ptxas reports are the launch cap; setmaxnreg then gives the consumers more
-    return compile_for_hopper(row, GluonASTSource(ws_kernel._fp8_attention_ws_kernel, signature, constants),
-                              {"num_warps": 4, "maxnreg": ws_kernel.LAUNCH_REGISTERS})
+    return compile_for_hopper(row, GluonASTSource(kernel, signature, constants), config.launch_options())
+
+
+def compile_gluon(head_dim: int, config) -> dict:
+    """The Gluon kernel (engine/models/attention_fp8_gluon.py) in one of its GluonConfigs."""
+    from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
+
+    row = {"config": f"gluon-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
+    return compile_gluon_kernel(row, gluon_kernel._fp8_attention_gluon_kernel, head_dim, config.block_m, config)
+
+
+def compile_gluon_ws(head_dim: int, config) -> dict:
+    """The warp-specialized Gluon kernel (engine/models/attention_fp8_gluon_ws.py) in one of its configs. The
+    registers ptxas reports are the launch cap; setmaxnreg then gives the consumers more."""
+    from reelsmith.engine.models import attention_fp8_gluon_ws as ws_kernel
+
+    row = {"config": f"gluon-ws-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
+    return compile_gluon_kernel(row, ws_kernel._fp8_attention_ws_kernel, head_dim, ws_kernel.CONSUMER_ROWS.value,
+                                config)
 
 
 def main(argv=None) -> int:

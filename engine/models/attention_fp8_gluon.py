@@ -243,9 +243,13 @@ class GluonConfig:
     def name(self) -> str:
         return f"m{self.block_m}k{self.k_stages}v{self.v_stages}"
 
-    @property
-    def num_warps(self) -> int:
-        return self.block_m // 16
+    def kernel_constants(self) -> dict:
+        """The kernel's meta-parameters this config sets (launch options apart)."""
+        return {"K_STAGES": self.k_stages, "V_STAGES": self.v_stages}
+
+    def launch_options(self) -> dict:
+        """Triton's compile options this config sets: one warpgroup per 64 rows."""
+        return {"num_warps": self.block_m // 16}
 
 
 # H100, Wan 720p per layer: 153.6 / 155.2 / 176.5 ms (the Triton kernel 141.0)
@@ -291,8 +295,7 @@ def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEF
     _fp8_attention_gluon_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales,
                                       qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,
                                       *logical_strides(out, layout), Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group,
-                                      K_STAGES=config.k_stages, V_STAGES=config.v_stages,
-                                      num_warps=config.num_warps)
+                                      **config.kernel_constants(), **config.launch_options())
     return out
 
 

@@ -257,6 +257,15 @@ class GluonWsConfig:
     def name(self) -> str:
         return f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
 
+    def kernel_constants(self) -> dict:
+        """The kernel's meta-parameters this config sets (launch options apart)."""
+        return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired"}
+
+    @staticmethod
+    def launch_options() -> dict:
+        """Triton's compile options: the default partition's 4 warps, the launch register cap (LAUNCH_REGISTERS)."""
+        return {"num_warps": 4, "maxnreg": LAUNCH_REGISTERS}
+
 
 GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4),
                                         GluonWsConfig(3, "scores"), GluonWsConfig(2, "paired"),
@@ -273,9 +282,8 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
-                                   Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, STAGES=config.stages,
-                                   SCORE_TURNS=config.turns == "scores", PAIRED_TURNS=config.turns == "paired",
-                                   num_warps=4, maxnreg=LAUNCH_REGISTERS)
+                                   Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, **config.kernel_constants(),
+                                   **config.launch_options())
     return out
 
 
