@@ -103,9 +103,9 @@ class _Fp8SelfAttention:
     def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self.implementation == "reference":
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
-        if self.implementation in ("cudnn", "gluon", "gluon-ws"):
-            return self._op(query, key, value)
-        return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
+        if self.implementation == "triton":  # the one op that takes a config; the others only q, k, v
+            return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
+        return self._op(query, key, value)
 
 
 def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
