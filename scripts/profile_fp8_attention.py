@@ -64,37 +64,46 @@ def find_ncu(explicit: str | None) -> str:
     return found
 
 
+def chosen_kernel(implementation: str, name: str, head_dim: int, tokens: int):
+    """(config, attend(q, k, v)) of `implementation` in its config `name` ('default': the one it runs by default);
+    exits naming the known configs for an unknown one."""
+    from check_fp8_attention import import_engine
+    import_engine()
+    from reelsmith.engine.models import attention_fp8
+    from reelsmith.engine.errors import InvalidInputError
+    if implementation == "triton":
+        try:
+            config = attention_fp8.resolve_config(name, head_dim, tokens)
+        except InvalidInputError as error:  # it names the known configs
+            sys.exit(str(error))
+        return config, lambda q, k, v: attention_fp8.fp8_attention(q, k, v, "bshd", config=config)
+    if implementation == "gluon":
+        from reelsmith.engine.models import attention_fp8_gluon as module
+        configs, default, attend = ({c.name: c for c in module.GLUON_CONFIGS}, module.DEFAULT_GLUON_CONFIG,
+                                    module.gluon_fp8_attention)
+    else:
+        from reelsmith.engine.models import attention_fp8_gluon_ws as module
+        configs, default, attend = (module.GLUON_WS_CONFIGS, module.DEFAULT_GLUON_WS_CONFIG,
+                                    module.gluon_ws_fp8_attention)
+    if name not in ("default", *configs):
+        sys.exit(f"unknown {implementation} config {name!r}: one of default, {', '.join(configs)}")
+    config = default if name == "default" else configs[name]
+    return config, lambda q, k, v: attend(q, k, v, "bshd", config)
+
+
 def launch(args) -> None:
     """The child ncu profiles: two launches of the kernel at the shape (the first compiles it)."""
     import torch
 
-    from check_fp8_attention import SHAPES, import_engine, layer_qkv
-    import_engine()
-    from reelsmith.engine.models import attention_fp8
+    from check_fp8_attention import SHAPES, layer_qkv
     what, heads, dim, tokens = SHAPES[args.shape]
+    config, attend = chosen_kernel(args.implementation, args.config, dim, tokens)
     q, k, v = layer_qkv(1, tokens, heads, dim, torch.device("cuda"))
-    if args.implementation == "gluon":
-        from reelsmith.engine.models.attention_fp8_gluon import GLUON_CONFIGS, gluon_fp8_attention
-        configs = {c.name: c for c in GLUON_CONFIGS}
-        if args.config not in ("default", *configs):
-            sys.exit(f"unknown Gluon config {args.config!r}: one of {', '.join(configs)}")
-        config = GLUON_CONFIGS[0] if args.config == "default" else configs[args.config]
-        run = lambda: gluon_fp8_attention(q, k, v, "bshd", config)  # noqa: E731
-    elif args.implementation == "gluon-ws":
-        from reelsmith.engine.models.attention_fp8_gluon_ws import (DEFAULT_GLUON_WS_CONFIG, GLUON_WS_CONFIGS,
-                                                                    gluon_ws_fp8_attention)
-        if args.config not in ("default", *GLUON_WS_CONFIGS):
-            sys.exit(f"unknown warp-specialized config {args.config!r}: one of {', '.join(GLUON_WS_CONFIGS)}")
-        config = DEFAULT_GLUON_WS_CONFIG if args.config == "default" else GLUON_WS_CONFIGS[args.config]
-        run = lambda: gluon_ws_fp8_attention(q, k, v, "bshd", config)  # noqa: E731
-    else:
-        config = attention_fp8.resolve_config(args.config, dim, tokens)
-        run = lambda: attention_fp8.fp8_attention(q, k, v, "bshd", config=config)  # noqa: E731
     for _ in range(2):
-        run()
+        attend(q, k, v)
     torch.cuda.synchronize()
-    print(f"profiled: {what}, {heads} heads x {dim}, {tokens} tokens, {args.implementation} "
-          f"{getattr(config, 'name', config)}", flush=True)
+    print(f"profiled: {what}, {heads} heads x {dim}, {tokens} tokens, {args.implementation} {config.name}",
+          flush=True)
 
 
 def raw_metrics(ncu: str, report: pathlib.Path) -> dict[str, str]:
@@ -181,6 +190,8 @@ def main() -> int:
         launch(args)
         return 0
 
+    _, _, dim, tokens = SHAPES[args.shape]
+    chosen_kernel(args.implementation, args.config, dim, tokens)  # an unknown config fails here, not under ncu
     ncu = find_ncu(args.ncu)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.shape}-{args.implementation}-{args.config}"
