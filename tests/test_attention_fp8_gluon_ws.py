@@ -25,12 +25,13 @@ def test_warp_specialized_kernel_compiles_for_hopper_with_its_partitions(tmp_pat
     result = subprocess.run(
         [sys.executable, str(PACK_ROOT / "scripts" / "compile_fp8_attention.py"), "--configs",
          "m64n128w4s3-fastacc-tma", "--head-dims", "64", "128", "--gluon-ws", "s2", "s3", "s3-scores", "s3-paired",
-         "--json", str(out)],
+         "s3-paired-slot", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {(row["config"], row["head_dim"]): row for row in json.loads(out.read_text())}
     assert {key for key in rows if key[0].startswith("gluon-ws")} == {
-        (f"gluon-ws-{name}", dim) for name in ("s2", "s3", "s3-scores", "s3-paired") for dim in (64, 128)}
+        (f"gluon-ws-{name}", dim) for name in ("s2", "s3", "s3-scores", "s3-paired", "s3-paired-slot")
+        for dim in (64, 128)}
     for (config, dim), row in rows.items():
         if not config.startswith("gluon-ws"):
             continue

@@ -50,18 +50,23 @@ FIRST_CONSUMER, SECOND_CONSUMER = gl.constexpr(0), gl.constexpr(1)
 
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
-            k_row, v_row, blocks, STAGES: gl.constexpr):
-    """Q of both consumers, then every K and V block, each into its ring slot once both consumers freed it."""
+            k_row, v_row, blocks, STAGES: gl.constexpr, SLOT_RELEASE: gl.constexpr):
+    """Q of both consumers, then every K and V block, each into its ring slot once both consumers freed it.
+    SLOT_RELEASE: the consumers free a slot's K and V together (v_empty alone), once its V is read."""
     for wg in gl.static_range(2):
         mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
         _tma_load(q_desc, [q_row + wg * CONSUMER_ROWS, 0], q_bars.index(wg), q_smem.index(wg))
     for j in range(blocks):
         slot = j % STAGES
         free = ((j // STAGES) & 1) ^ 1  # a fresh barrier counts as freed once: the first lap does not wait
-        mbarrier.wait(k_empty.index(slot), free)
+        if SLOT_RELEASE:
+            mbarrier.wait(v_empty.index(slot), free)
+        else:
+            mbarrier.wait(k_empty.index(slot), free)
         mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
         _tma_load(k_desc, [k_row + j * KEY_BLOCK, 0], k_ready.index(slot), k_smem.index(slot))
-        mbarrier.wait(v_empty.index(slot), free)
+        if not SLOT_RELEASE:
+            mbarrier.wait(v_empty.index(slot), free)
         mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
         _tma_load(v_desc, [v_row, j * KEY_BLOCK], v_ready.index(slot), v_smem.index(slot))
 
@@ -71,6 +76,13 @@ def _take_turn(turns, t, WG: gl.constexpr):
     """Wait until it is consumer WG's t-th turn at the tensor cores (consumer 0 goes first: a fresh barrier passes
     a wait for parity 1)."""
     mbarrier.wait(turns.index(WG), (t & 1) ^ (1 - WG))
+
+
+@gluon.jit
+def _release_k(k_empty, j, STAGES: gl.constexpr, SLOT_RELEASE: gl.constexpr):
+    """Block j's K read: its slot's K freed for the loader (with SLOT_RELEASE, the slot is freed once, with V)."""
+    if not SLOT_RELEASE:
+        mbarrier.arrive(k_empty.index(j % STAGES), count=1)
 
 
 @gluon.jit
@@ -104,7 +116,8 @@ def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.co
 @gluon.jit
 def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
                    q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-                   o_layout: gl.constexpr, WG: gl.constexpr, SCORE_TURNS: gl.constexpr, MASK: gl.constexpr):
+                   o_layout: gl.constexpr, WG: gl.constexpr, SCORE_TURNS: gl.constexpr, SLOT_RELEASE: gl.constexpr,
+                   MASK: gl.constexpr):
     """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read.
     SCORE_TURNS: the consumers take turns at Q.K^T, so that one's scores run on the tensor cores while the other
     computes its softmax, rather than both at once."""
@@ -113,7 +126,7 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
         _take_turn(turns, j, WG)
     s = _issue_scores(q_tile, k_smem, k_ready, j, STAGES, s_layout)
     s = warpgroup_mma_wait(0, deps=(s, ))
-    mbarrier.arrive(k_empty.index(j % STAGES), count=1)
+    _release_k(k_empty, j, STAGES, SLOT_RELEASE)
     if SCORE_TURNS:
         mbarrier.arrive(turns.index(1 - WG), count=1)
     p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout, MASK)
@@ -126,7 +139,7 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
 @gluon.jit
 def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turns,
                    q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr, STAGES: gl.constexpr,
-                   s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr):
+                   s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr, SLOT_RELEASE: gl.constexpr):
     """Every key block, the MMAs paired in turns (FlashAttention-3's ping-pong): per block j, this consumer's
     softmax, then in its turn Q.K[j+1]^T and P[j].V[j] issued together, so that the tensor cores run one
     consumer's two MMAs while the other consumer computes its softmax."""
@@ -135,7 +148,7 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
     mbarrier.arrive(turns.index(1 - WG), count=1)
     row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)  # each block's K scale loads while MMAs run
     s = warpgroup_mma_wait(0, deps=(s, ))
-    mbarrier.arrive(k_empty.index(0), count=1)
+    _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
     for j in range(0, blocks - 1):
         p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout,
                                                     False)
@@ -145,7 +158,7 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
         mbarrier.arrive(turns.index(1 - WG), count=1)
         row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_BLOCK, K_GROUP)
         s, acc = warpgroup_mma_wait(0, deps=(s, acc))
-        mbarrier.arrive(k_empty.index((j + 1) % STAGES), count=1)
+        _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)
         mbarrier.arrive(v_empty.index(j % STAGES), count=1)
     # the last block, masked where the sequence ends inside it
     p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, blocks - 1, S, s_layout,
@@ -162,7 +175,7 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
 def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
               v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
               Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr,
-              PAIRED_TURNS: gl.constexpr, WG: gl.constexpr):
+              PAIRED_TURNS: gl.constexpr, SLOT_RELEASE: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -181,16 +194,17 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
     if PAIRED_TURNS:
         acc, row_max, row_sum = _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
                                                k_empty, v_empty, turns, q_scales, k_scales_base, S, blocks, K_GROUP,
-                                               STAGES, s_layout, o_layout, WG)
+                                               STAGES, s_layout, o_layout, WG, SLOT_RELEASE)
     else:
         for j in range(0, blocks - 1):
             acc, row_max, row_sum = _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
                                                    v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S,
-                                                   K_GROUP, STAGES, s_layout, o_layout, WG, SCORE_TURNS, False)
+                                                   K_GROUP, STAGES, s_layout, o_layout, WG, SCORE_TURNS, SLOT_RELEASE,
+                                                   False)
         # the last block, masked where the sequence ends inside it
         acc, row_max, row_sum = _consume_block(blocks - 1, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
                                                v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP,
-                                               STAGES, s_layout, o_layout, WG, SCORE_TURNS, True)
+                                               STAGES, s_layout, o_layout, WG, SCORE_TURNS, SLOT_RELEASE, True)
 
     _store_output(acc, row_sum, rows_start, bh, v_scales_ptr, v_means_ptr, out_ptr, S, H, sob, soh, sos, sod,
                   o_layout, CONSUMER_ROWS, D)
@@ -198,7 +212,8 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
 @gluon.jit
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
-                             STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr, PAIRED_TURNS: gl.constexpr):
+                             STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr, PAIRED_TURNS: gl.constexpr,
+                             SLOT_RELEASE: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
     first_row = gl.program_id(0) * BLOCK_M
@@ -222,18 +237,18 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)  # both consumers release each slot
+        mbarrier.init(k_empty.index(i), count=2)  # both consumers release each slot (k_empty unused: SLOT_RELEASE)
         mbarrier.init(v_empty.index(i), count=2)
 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, FIRST_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, SLOT_RELEASE, FIRST_CONSUMER)),
         (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, SECOND_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, SLOT_RELEASE, SECOND_CONSUMER)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
-                   k_row, v_row, blocks, STAGES)),
+                   k_row, v_row, blocks, STAGES, SLOT_RELEASE)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
 
     for i in gl.static_range(2):
@@ -249,17 +264,22 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
 @dataclass(frozen=True)
 class GluonWsConfig:
     """K/V ring slots, and how the consumers share the tensor cores: 'free' (no coordination), 'scores' (they take
-    turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together)."""
+    turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together). slot_release: each
+    consumer frees a slot's K and V with one arrive once it has read V (one barrier of its 4 warps per key block
+    fewer; the loader refills K a little later)."""
     stages: int = 3
     turns: str = "free"
+    slot_release: bool = False
 
     @property
     def name(self) -> str:
-        return f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
+        return (f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
+                + ("-slot" if self.slot_release else ""))
 
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
-        return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired"}
+        return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired",
+                "SLOT_RELEASE": self.slot_release}
 
     @staticmethod
     def launch_options() -> dict:
@@ -269,7 +289,9 @@ class GluonWsConfig:
 
 GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4),
                                         GluonWsConfig(3, "scores"), GluonWsConfig(2, "paired"),
-                                        GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"))}
+                                        GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"),
+                                        GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True),
+                                        GluonWsConfig(4, "paired", True))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-scores"]  # the fastest measured
 
 
