@@ -155,19 +155,19 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
                               config.launch_options())
 
 
-def compile_gluon_kernel(row: dict, kernel, head_dim: int, query_rows: int, config) -> dict:
+def compile_gluon_kernel(row: dict, kernel, head_dim: int, query_rows: int, config, key_rows: int = 128) -> dict:
     """A Gluon kernel taking the quantised buffers as descriptors (attention_fp8_gluon.quantised_inputs' blocks)
     with `config`'s constants and launch options."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from reelsmith.engine.models.attention_fp8_gluon import BLOCK_N, shared_layouts
-    from reelsmith.engine.models.attention_fp8_reference import K_GROUP, Q_GROUP
+    from reelsmith.engine.models.attention_fp8_gluon import key_group, shared_layouts
+    from reelsmith.engine.models.attention_fp8_reference import Q_GROUP
 
-    query, key, value = shared_layouts(head_dim, query_rows)
+    query, key, value = shared_layouts(head_dim, query_rows, key_rows)
     signature = {"q_desc": f"tensordesc<i8[{query_rows},{head_dim}],{query!r}>",
-                 "k_desc": f"tensordesc<i8[{BLOCK_N},{head_dim}],{key!r}>",
-                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{BLOCK_N}],{value!r}>", **SCALES_AND_OUTPUT}
-    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": K_GROUP, **config.kernel_constants()}
+                 "k_desc": f"tensordesc<i8[{key_rows},{head_dim}],{key!r}>",
+                 "v_desc": f"tensordesc<fp8e4nv[{head_dim},{key_rows}],{value!r}>", **SCALES_AND_OUTPUT}
+    constants = {"Q_GROUP": Q_GROUP, "K_GROUP": key_group(key_rows), **config.kernel_constants()}
     signature.update({name: "constexpr" for name in constants})
     return compile_for_hopper(row, GluonASTSource(kernel, signature, constants), config.launch_options())
 
@@ -187,7 +187,7 @@ def compile_gluon_ws(head_dim: int, config) -> dict:
 
     row = {"config": f"gluon-ws-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
     return compile_gluon_kernel(row, ws_kernel._fp8_attention_ws_kernel, head_dim, ws_kernel.CONSUMER_ROWS.value,
-                                config)
+                                config, config.key_rows)
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ operands), speed, and the Hopper FP8 MMA's reduced-precision accumulation (the i
 """
 
 import importlib.util
+import math
 import os
 import sys
 
@@ -184,24 +185,40 @@ def test_kernel_takes_strided_views_and_other_configs(config):
 
 
 @needs_kernel
-def test_quantised_buffers_are_the_reference_quantisation():
+@pytest.mark.parametrize("tokens, k_group", [(100, 128), (300, 256)])  # 256: two quantising chunks per group
+def test_quantised_buffers_are_the_reference_quantisation(tokens, k_group):
     from reelsmith.engine.models.attention_fp8_quant import PAD, quantise_qkv
 
-    q, k, v = layer_inputs(tokens=100)
-    buffers = quantise_qkv(q, k, v, "bshd")
+    q, k, v = layer_inputs(tokens=tokens)
+    buffers = quantise_qkv(q, k, v, "bshd", k_group=k_group)
     qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
     q_ref, q_scales = quantise_groups(qf, 32, "int8")
-    k_ref, k_scales = quantise_groups(kf - kf.mean(2, keepdim=True), 128, "int8")
+    k_ref, k_scales = quantise_groups(kf - kf.mean(2, keepdim=True), k_group, "int8")
     v_ref, v_scales, v_means = quantise_v_per_channel(vf)
-    assert buffers.padded == PAD and buffers.q.dtype == torch.int8
-    assert torch.equal(buffers.q.float().view(2, 3, PAD, 64)[:, :, :100], q_ref[:, :, :100])
-    assert torch.equal(buffers.k.float().view(2, 3, PAD, 64)[:, :, :100], k_ref[:, :, :100])
-    assert buffers.k[:, 100:].abs().max() == 0  # padding stays zero after smoothing
-    torch.testing.assert_close(buffers.q_scales.view(2, 3, -1)[:, :, :4], q_scales * 64 ** -0.5 * 1.4426950408889634)
-    torch.testing.assert_close(buffers.k_scales.view(2, 3, -1)[:, :, :1], k_scales)
+    padded = math.ceil(tokens / PAD) * PAD
+    assert buffers.padded == padded and buffers.q.dtype == torch.int8 and buffers.k_group == k_group
+    assert torch.equal(buffers.q.float().view(2, 3, padded, 64)[:, :, :tokens], q_ref[:, :, :tokens])
+    assert torch.equal(buffers.k.float().view(2, 3, padded, 64)[:, :, :tokens], k_ref[:, :, :tokens])
+    assert buffers.k[:, tokens:].abs().max() == 0  # padding stays zero after smoothing
+    groups = q_scales.shape[-1]
+    torch.testing.assert_close(buffers.q_scales.view(2, 3, -1)[:, :, :groups],
+                               q_scales * 64 ** -0.5 * 1.4426950408889634)
+    assert buffers.k_scales.shape == (6, padded // k_group)
+    torch.testing.assert_close(buffers.k_scales.view(2, 3, -1)[:, :, :k_scales.shape[-1]], k_scales)
     torch.testing.assert_close(buffers.v_scales.view(2, 3, 64), v_scales)
     torch.testing.assert_close(buffers.v_means.view(2, 3, 64), v_means)
-    assert torch.equal(buffers.v_t.float().view(2, 3, 64, PAD)[..., :100].transpose(-1, -2), v_ref)
+    assert torch.equal(buffers.v_t.float().view(2, 3, 64, padded)[..., :tokens].transpose(-1, -2), v_ref)
+
+
+@needs_kernel
+def test_kernel_with_one_k_scale_per_256_keys_matches_the_reference():
+    """Groups of 256 keys (the warp-specialized kernel's 256-key blocks quantise K so): the Triton kernel, two
+    128-key blocks per K scale, computes the same scheme."""
+    q, k, v = layer_inputs(tokens=300)
+    out = kernel.fp8_attention(q, k, v, "bshd", config="m64n128w4s3", k_group=256)
+    reference = fp8_attention_reference(q, k, v, k_group=256, block_n=128)
+    torch.testing.assert_close(out.float(), reference.float(), atol=0.02, rtol=0.01)  # ~2 bf16 steps
+    assert cosine(out, exact_attention(q, k, v, "bshd")) >= 0.995
 
 
 def test_named_configs_and_errors():
@@ -427,3 +444,7 @@ def test_gluon_kernels_host_side_describes_the_quantised_buffers():
     # V transposed: head dim rows, tokens contiguous (the P.V MMA's operand), key blocks of 128 tokens
     assert v_desc.base is qkv.v_t and list(v_desc.shape) == [2 * 128, 512] and list(v_desc.block_shape) == [128, 128]
     assert out.shape == q.shape and out.dtype == q.dtype
+    # 256-key blocks (the warp-specialized kernel's -n256 configs): K quantised with one scale per block
+    qkv, (_, k_desc, v_desc), _ = gluon_kernels.quantised_inputs(q, k, v, "bshd", 64, 256)
+    assert qkv.k_group == 256 and list(qkv.k_scales.shape) == [2, 2]
+    assert list(k_desc.block_shape) == [256, 128] and list(v_desc.block_shape) == [128, 256]

@@ -257,30 +257,36 @@ GLUON_CONFIGS = (GluonConfig(64, 2, 2), GluonConfig(64, 2, 3), GluonConfig(128, 
 DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[0]
 
 
-def shared_layouts(dim: int, block_m: int = 64):
+def shared_layouts(dim: int, block_m: int = 64, block_n: int = BLOCK_N):
     """Shared-memory layouts of the Q, K and V^T blocks (what TMA writes and the MMAs read)."""
     return (gl.NVMMASharedLayout.get_default_for([block_m, dim], gl.int8),
-            gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], gl.int8),
-            gl.NVMMASharedLayout.get_default_for([dim, BLOCK_N], gl.float8e4nv))
+            gl.NVMMASharedLayout.get_default_for([block_n, dim], gl.int8),
+            gl.NVMMASharedLayout.get_default_for([dim, block_n], gl.float8e4nv))
 
 
-def quantised_inputs(q, k, v, layout: str, query_rows: int):
+def key_group(key_rows: int) -> int:
+    """The K quantisation group for key blocks of `key_rows`: the kernels take one K scale per block, so a group
+    spans at least a block."""
+    from .attention_fp8_reference import K_GROUP
+
+    return max(K_GROUP, key_rows)
+
+
+def quantised_inputs(q, k, v, layout: str, query_rows: int, key_rows: int = BLOCK_N):
     """q, k, v quantised for the Gluon kernels (INT8 Q.K), as tensor descriptors of query blocks of `query_rows`
-    and key / value blocks of BLOCK_N, with the quantised buffers' scales and an empty output."""
+    and key / value blocks of `key_rows`, with the quantised buffers' scales and an empty output."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .attention_fp8_quant import quantise_qkv
 
-    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8")
-    if qkv.k_group % BLOCK_N:
-        raise ValueError(f"the Gluon kernels take one K scale per {BLOCK_N} keys; k_group is {qkv.k_group}")
+    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8", k_group=key_group(key_rows))
     dim = qkv.q.shape[-1]
     rows = qkv.batch * qkv.heads * qkv.padded
-    query_layout, key_layout, value_layout = shared_layouts(dim, query_rows)
+    query_layout, key_layout, value_layout = shared_layouts(dim, query_rows, key_rows)
     q_desc = TensorDescriptor(qkv.q, [rows, dim], [dim, 1], [query_rows, dim], query_layout)
-    k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [BLOCK_N, dim], key_layout)
+    k_desc = TensorDescriptor(qkv.k, [rows, dim], [dim, 1], [key_rows, dim], key_layout)
     v_desc = TensorDescriptor(qkv.v_t, [qkv.batch * qkv.heads * dim, qkv.padded], [qkv.padded, 1],
-                              [dim, BLOCK_N], value_layout)
+                              [dim, key_rows], value_layout)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     return qkv, (q_desc, k_desc, v_desc), out
 

@@ -39,7 +39,6 @@ from .attention_fp8_gluon import (BLOCK_N, _row_factor, _softmax, _store_output,
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
-KEY_BLOCK = gl.constexpr(BLOCK_N)  # keys per block (the jit'ed code reads only constexpr globals)
 # registers per thread at launch (12 warps: 168 x 384 threads fit the multiprocessor's 64K), then reallocated:
 # the loader's warpgroup drops to 24, each consumer rises to 240
 LAUNCH_REGISTERS = 168
@@ -53,6 +52,7 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_r
             k_row, v_row, blocks, STAGES: gl.constexpr, SLOT_RELEASE: gl.constexpr):
     """Q of both consumers, then every K and V block, each into its ring slot once both consumers freed it.
     SLOT_RELEASE: the consumers free a slot's K and V together (v_empty alone), once its V is read."""
+    KEY_ROWS: gl.constexpr = k_desc.block_type.shape[0]
     for wg in gl.static_range(2):
         mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
         _tma_load(q_desc, [q_row + wg * CONSUMER_ROWS, 0], q_bars.index(wg), q_smem.index(wg))
@@ -64,11 +64,11 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_r
         else:
             mbarrier.wait(k_empty.index(slot), free)
         mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        _tma_load(k_desc, [k_row + j * KEY_BLOCK, 0], k_ready.index(slot), k_smem.index(slot))
+        _tma_load(k_desc, [k_row + j * KEY_ROWS, 0], k_ready.index(slot), k_smem.index(slot))
         if not SLOT_RELEASE:
             mbarrier.wait(v_empty.index(slot), free)
         mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        _tma_load(v_desc, [v_row, j * KEY_BLOCK], v_ready.index(slot), v_smem.index(slot))
+        _tma_load(v_desc, [v_row, j * KEY_ROWS], v_ready.index(slot), v_smem.index(slot))
 
 
 @gluon.jit
@@ -86,11 +86,11 @@ def _release_k(k_empty, j, STAGES: gl.constexpr, SLOT_RELEASE: gl.constexpr):
 
 
 @gluon.jit
-def _issue_scores(q_tile, k_smem, k_ready, j, STAGES: gl.constexpr, s_layout: gl.constexpr):
+def _issue_scores(q_tile, k_smem, k_ready, j, STAGES: gl.constexpr, s_layout: gl.constexpr, KEY_ROWS: gl.constexpr):
     """S = Q.K[j]^T in INT8, issued once block j's K is in (in flight: the caller waits)."""
     slot = j % STAGES
     mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
-    zero = gl.zeros([CONSUMER_ROWS, KEY_BLOCK], gl.int32, s_layout)
+    zero = gl.zeros([CONSUMER_ROWS, KEY_ROWS], gl.int32, s_layout)
     return warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
 
 
@@ -104,10 +104,10 @@ def _issue_pv(p, acc, v_smem, v_ready, j, STAGES: gl.constexpr):
 
 @gluon.jit
 def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.constexpr, o_layout: gl.constexpr,
-                     MASK: gl.constexpr):
+                     KEY_ROWS: gl.constexpr, MASK: gl.constexpr):
     """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
-    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_BLOCK, S,
-                                           gl.SliceLayout(0, s_layout), KEY_BLOCK, MASK)
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_ROWS, S,
+                                           gl.SliceLayout(0, s_layout), KEY_ROWS, MASK)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
     return p, acc, row_max, row_sum
@@ -121,15 +121,17 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
     """One key block for one consumer: scores, softmax, P.V; the block's slot released as soon as each is read.
     SCORE_TURNS: the consumers take turns at Q.K^T, so that one's scores run on the tensor cores while the other
     computes its softmax, rather than both at once."""
-    row_factor = _row_factor(q_scales, k_scales_base, j * KEY_BLOCK, K_GROUP)  # its load overlaps the MMA
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
+    row_factor = _row_factor(q_scales, k_scales_base, j * KEY_ROWS, K_GROUP)  # its load overlaps the MMA
     if SCORE_TURNS:
         _take_turn(turns, j, WG)
-    s = _issue_scores(q_tile, k_smem, k_ready, j, STAGES, s_layout)
+    s = _issue_scores(q_tile, k_smem, k_ready, j, STAGES, s_layout, KEY_ROWS)
     s = warpgroup_mma_wait(0, deps=(s, ))
     _release_k(k_empty, j, STAGES, SLOT_RELEASE)
     if SCORE_TURNS:
         mbarrier.arrive(turns.index(1 - WG), count=1)
-    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout, MASK)
+    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout, KEY_ROWS,
+                                                MASK)
     acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_empty.index(j % STAGES), count=1)
@@ -143,26 +145,27 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
     """Every key block, the MMAs paired in turns (FlashAttention-3's ping-pong): per block j, this consumer's
     softmax, then in its turn Q.K[j+1]^T and P[j].V[j] issued together, so that the tensor cores run one
     consumer's two MMAs while the other consumer computes its softmax."""
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
     _take_turn(turns, 0, WG)
-    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout)
+    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout, KEY_ROWS)
     mbarrier.arrive(turns.index(1 - WG), count=1)
     row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)  # each block's K scale loads while MMAs run
     s = warpgroup_mma_wait(0, deps=(s, ))
     _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
     for j in range(0, blocks - 1):
         p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout,
-                                                    False)
+                                                    KEY_ROWS, False)
         _take_turn(turns, j + 1, WG)
-        s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout)
+        s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
         acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
         mbarrier.arrive(turns.index(1 - WG), count=1)
-        row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_BLOCK, K_GROUP)
+        row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
         s, acc = warpgroup_mma_wait(0, deps=(s, acc))
         _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)
         mbarrier.arrive(v_empty.index(j % STAGES), count=1)
     # the last block, masked where the sequence ends inside it
     p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, blocks - 1, S, s_layout,
-                                                o_layout, True)
+                                                o_layout, KEY_ROWS, True)
     _take_turn(turns, blocks, WG)
     acc = _issue_pv(p, acc, v_smem, v_ready, blocks - 1, STAGES)
     mbarrier.arrive(turns.index(1 - WG), count=1)
@@ -178,8 +181,10 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
               PAIRED_TURNS: gl.constexpr, SLOT_RELEASE: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
+    # Q.K^T in wgmma instructions of 128 keys (Triton does not emit INT8 ones of 256)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, KEY_BLOCK, 32])
+                                                       instr_shape=[16, 128, 32])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, D, 32])
     rows_start = first_row + WG * CONSUMER_ROWS
@@ -220,7 +225,7 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     q_row = (bh * S_pad + first_row).to(gl.int32)
     k_row = (bh * S_pad).to(gl.int32)
     v_row = (bh * D).to(gl.int32)
-    blocks = gl.cdiv(S, KEY_BLOCK)
+    blocks = gl.cdiv(S, k_desc.block_type.shape[0])
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -266,15 +271,18 @@ class GluonWsConfig:
     """K/V ring slots, and how the consumers share the tensor cores: 'free' (no coordination), 'scores' (they take
     turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together). slot_release: each
     consumer frees a slot's K and V with one arrive once it has read V (one barrier of its 4 warps per key block
-    fewer; the loader refills K a little later)."""
+    fewer; the loader refills K a little later). key_rows: keys per block, 128 or 256 (FlashAttention-3 takes 224
+    for FP8 at head dim 128: fewer blocks, so fewer rescales of acc, barriers and turns per key; 256 quantises K
+    with one scale per 256 keys, one per block)."""
     stages: int = 3
     turns: str = "free"
     slot_release: bool = False
+    key_rows: int = BLOCK_N
 
     @property
     def name(self) -> str:
         return (f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
-                + ("-slot" if self.slot_release else ""))
+                + ("-slot" if self.slot_release else "") + ("" if self.key_rows == BLOCK_N else f"-n{self.key_rows}"))
 
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
@@ -291,7 +299,9 @@ GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), Gluo
                                         GluonWsConfig(3, "scores"), GluonWsConfig(2, "paired"),
                                         GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"),
                                         GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True),
-                                        GluonWsConfig(4, "paired", True))}
+                                        GluonWsConfig(4, "paired", True), GluonWsConfig(2, "scores", key_rows=256),
+                                        GluonWsConfig(3, "scores", key_rows=256), GluonWsConfig(2, "paired", key_rows=256),
+                                        GluonWsConfig(3, "paired", key_rows=256), GluonWsConfig(2, "paired", True, 256))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-scores"]  # the fastest measured
 
 
@@ -300,7 +310,7 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     kernel. Hopper only: Gluon has no CPU interpreter."""
     from .attention_fp8_quant import logical_strides
 
-    qkv, descriptors, out = quantised_inputs(q, k, v, layout, CONSUMER_ROWS.value)
+    qkv, descriptors, out = quantised_inputs(q, k, v, layout, CONSUMER_ROWS.value, config.key_rows)
     grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .attention_fp8_reference import FP8_MAX, INT8_MAX, K_GROUP, LOG2E, Q_GROUP, check_inputs
 
-CHUNK = 128  # tokens per program of both passes; also the padding unit of the buffers
+CHUNK = 128  # tokens per program of both passes (the quantising one takes whole groups: 256 for groups of 256)
 PAD = 256  # token padding of the buffers: a multiple of every BLOCK_M / BLOCK_N a config may use
 
 
@@ -172,6 +172,7 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str 
         batch, heads, tokens, dim = q.shape
     padded = math.ceil(tokens / PAD) * PAD
     rows = batch * heads
+    chunk = max(CHUNK, q_group, k_group)  # tokens per quantising program: whole groups (PAD is a multiple)
     device = q.device
     score_scale = (sm_scale if sm_scale is not None else dim ** -0.5) * LOG2E
     strides = [*logical_strides(q, layout), *logical_strides(k, layout), *logical_strides(v, layout)]
@@ -193,11 +194,12 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str 
     v_out = torch.empty(rows, dim, padded, device=device, dtype=torch.float8_e4m3fn)
     q_scales = torch.empty(rows, padded // q_group, device=device, dtype=torch.float32)
     k_scales = torch.empty(rows, padded // k_group, device=device, dtype=torch.float32)
-    _quantise_qkv_kernel[(padded // CHUNK, rows)](
+    _quantise_qkv_kernel[(padded // chunk, rows)](
         q, k, v, k_mean, v_means, v_scales, q_out, k_out, v_out, q_scales, k_scales,
         tokens, padded, heads, score_scale, *strides,
-        CHUNK=CHUNK, D=dim, Q_GROUP=q_group, K_GROUP=k_group, QK_INT8=qk_dtype == "int8",
-        QK_TOP=INT8_MAX if qk_dtype == "int8" else FP8_MAX, ROUND_FIRST=kernels_interpreted())
+        CHUNK=chunk, D=dim, Q_GROUP=q_group, K_GROUP=k_group, QK_INT8=qk_dtype == "int8",
+        QK_TOP=INT8_MAX if qk_dtype == "int8" else FP8_MAX, ROUND_FIRST=kernels_interpreted(),
+        num_warps=4 * chunk // CHUNK)
     return QuantisedQKV(q=q_out, k=k_out, v_t=v_out, q_scales=q_scales, k_scales=k_scales, v_scales=v_scales,
                         v_means=v_means,
                         batch=batch, heads=heads, tokens=tokens, padded=padded, q_group=q_group,

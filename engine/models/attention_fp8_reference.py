@@ -55,8 +55,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str,
         raise InvalidInputError(
             f"FP8 attention supports head dims {HEAD_DIMS}; got {q.shape[-1]}. Choose the 'cudnn' or 'sdpa' backend.")
     for name, group in (("q_group", q_group), ("k_group", k_group)):
-        if group not in (16, 32, 64, 128):
-            raise InvalidInputError(f"FP8 attention {name} must be 16, 32, 64 or 128 tokens; got {group}.")
+        if group not in (16, 32, 64, 128, 256):
+            raise InvalidInputError(f"FP8 attention {name} must be 16, 32, 64, 128 or 256 tokens; got {group}.")
 
 
 def to_bhsd(x: torch.Tensor, layout: str) -> torch.Tensor:
