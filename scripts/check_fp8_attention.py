@@ -365,8 +365,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
-    parser.add_argument("--implementation", default="triton", choices=["triton", "cudnn", "gluon", "gluon-ws"],
-                        help="the forward's fp8 implementation: our Triton kernel, cuDNN's FP8 attention or one "
+    parser.add_argument("--implementation", default="auto", choices=["auto", "triton", "cudnn", "gluon", "gluon-ws"],
+                        help="the forward's fp8 implementation: auto (the loader's default), our Triton kernel, cuDNN's FP8 attention or one "
                              "of our Gluon kernels")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)

@@ -384,6 +384,40 @@ def test_fp8_is_refused_on_cpu_and_for_unsupported_models(default_backend):
         apply_attention_backend(tiny_wan(), "fp8", fp8_options={"implementation": "cuda"})
 
 
+def test_auto_takes_the_warp_specialized_kernel_for_long_sequences_at_head_dim_128(monkeypatch):
+    """'auto' (the default) sends head dim 128 from WARP_SPECIALIZED_FROM_TOKENS tokens to the warp-specialized
+    kernel where it runs, everything else to the Triton kernel with the asked config; without it (no Hopper, no
+    Gluon) it stays on the Triton kernel. The ops are stand-ins that record what they were given."""
+    calls = []
+    monkeypatch.setitem(processors._OP_LOADERS, "triton",
+                        lambda: lambda q, k, v, *options: calls.append(("triton", q.shape[1], options[1])) or q)
+    monkeypatch.setitem(processors._OP_LOADERS, "gluon-ws",
+                        lambda: lambda q, k, v: calls.append(("gluon-ws", q.shape[1])) or q)
+
+    def attend(tokens, dim=128, **options):
+        processor = processors._Fp8SelfAttention()
+        processor._parallel_config = None
+        processor.setup_fp8(None, options.pop("implementation", "auto"), options.pop("config", "default"), "int8")
+        q = torch.zeros(1, tokens, 1, dim)
+        processor.attend(q, q, q)
+        return calls.pop()
+
+    long = processors.WARP_SPECIALIZED_FROM_TOKENS
+    assert attend(long) == ("gluon-ws", long)
+    assert attend(long - 1) == ("triton", long - 1, "default")      # Wan 480p's 32,760 tokens: as fast either way
+    assert attend(long, dim=64) == ("triton", long, "default")
+    assert attend(long, config="m64n128w4s3") == ("triton", long, "m64n128w4s3")  # a Triton config asked for
+    assert attend(long, implementation="triton") == ("triton", long, "default")
+
+    def not_here():
+        raise BackendUnavailableError("FP8 attention implementation 'gluon-ws' cannot run: no Hopper GPU.")
+
+    monkeypatch.setitem(processors._OP_LOADERS, "gluon-ws", not_here)
+    assert attend(long) == ("triton", long, "default")
+    with pytest.raises(BackendUnavailableError, match="gluon-ws"):
+        attend(long, implementation="gluon-ws")
+
+
 def test_without_triton_the_triton_implementation_says_what_to_install(default_backend, monkeypatch):
     # Triton made unimportable here, the kernel module not yet imported (monkeypatch puts both back)
     monkeypatch.setitem(sys.modules, "triton", None)

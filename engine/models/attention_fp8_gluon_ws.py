@@ -302,7 +302,7 @@ GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), Gluo
                                         GluonWsConfig(4, "paired", True), GluonWsConfig(2, "scores", key_rows=256),
                                         GluonWsConfig(3, "scores", key_rows=256), GluonWsConfig(2, "paired", key_rows=256),
                                         GluonWsConfig(3, "paired", key_rows=256), GluonWsConfig(2, "paired", True, 256))}
-DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-scores"]  # the fastest measured
+DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]  # the fastest measured
 
 
 def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig = DEFAULT_GLUON_WS_CONFIG):

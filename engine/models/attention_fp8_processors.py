@@ -12,15 +12,17 @@ context parallelism, Wan 2.1's image tokens), which goes through diffusers' disp
 Under diffusers' Ulysses sequence split (several GPUs) the processors make the head exchange themselves
 (ulysses_exchange.py) around the kernel; any other context parallelism (ring attention) takes the stock path.
 
-`implementation` picks what does the attention: 'triton' (the kernel, through the `reelsmith::fp8_attention`
+`implementation` picks what does the attention: 'auto' (the default: 'gluon-ws' for head dim 128 beyond
+WARP_SPECIALIZED_FROM_TOKENS tokens where Gluon runs, with the default config; 'triton' otherwise: the same
+arithmetic either way, so the same output), 'triton' (the kernel, through the `reelsmith::fp8_attention`
 custom op, so torch.compile keeps the block in one graph), 'cudnn' (cuDNN's fused FP8 attention with the same
 smoothing, attention_fp8_cudnn.py; on an H100 5 % slower than the kernel and less
 accurate, so not `auto`'s choice), 'gluon' (the same arithmetic as 'triton' in Gluon, MMAs left in flight
 through the softmax, attention_fp8_gluon.py; as accurate, measured slower), 'gluon-ws' (the same arithmetic
 warp-specialized, FlashAttention-3's loader warp and two consumer warpgroups taking turns at the tensor cores,
-attention_fp8_gluon_ws.py; as accurate, on an H100 2 % faster than 'triton' at Wan 720p and 8 % slower at LTX's
-length, so opt-in) or 'reference' (the PyTorch twin of our kernel's quantisation scheme: slow, for tests and CPU
-debugging).
+attention_fp8_gluon_ws.py; as accurate, on an H100 6 % faster than 'triton' at Wan 720p, as fast at 480p and
+slower at LTX's length) or 'reference' (the PyTorch twin of our kernel's quantisation scheme: slow, for tests and
+CPU debugging).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ from ..errors import BackendUnavailableError, InvalidInputError
 from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8_attention_reference
 from .ulysses_exchange import attend_across_ranks, can_exchange
 
-IMPLEMENTATIONS = ("triton", "cudnn", "gluon", "gluon-ws", "reference")
+IMPLEMENTATIONS = ("auto", "triton", "cudnn", "gluon", "gluon-ws", "reference")
+# 'auto' takes the warp-specialized kernel for head dim 128 from this many tokens (H100, per layer: Wan 720p,
+# 75,600 tokens, 133.6 ms against the Triton kernel's 141.5; 480p, 32,760 tokens, 26.70 against 26.66; LTX 13B,
+# 11,440 tokens, 3.47 against 3.12)
+WARP_SPECIALIZED_FROM_TOKENS = 32768
+WARP_SPECIALIZED_HEAD_DIM = 128
 
 
 def _triton_attention_op():
@@ -87,7 +94,9 @@ class _Fp8SelfAttention:
         self.implementation = implementation
         self.config = config
         self.qk_dtype = qk_dtype
-        self._op = _OP_LOADERS[implementation]() if implementation in _OP_LOADERS else None
+        self._op = _OP_LOADERS["triton" if implementation == "auto" else implementation]() \
+            if implementation != "reference" else None
+        self._long_sequence_op = _warp_specialized_op_if_it_runs() if implementation == "auto" else None
 
     def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
         """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""
@@ -103,9 +112,28 @@ class _Fp8SelfAttention:
     def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self.implementation == "reference":
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
+        if self.implementation == "auto":
+            if self._takes_warp_specialized(query):
+                return self._long_sequence_op(query, key, value)
+            return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
         if self.implementation == "triton":  # the one op that takes a config; the others only q, k, v
             return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
         return self._op(query, key, value)
+
+    def _takes_warp_specialized(self, query: torch.Tensor) -> bool:
+        """'auto''s choice for this call: the warp-specialized kernel where it runs and was measured faster (long
+        sequences at head dim 128), unless a Triton config or FP8 Q.K was asked for (it has neither)."""
+        return (self._long_sequence_op is not None and self.config == "default" and self.qk_dtype == "int8"
+                and query.shape[-1] == WARP_SPECIALIZED_HEAD_DIM and query.shape[1] >= WARP_SPECIALIZED_FROM_TOKENS)
+
+
+def _warp_specialized_op_if_it_runs():
+    """The warp-specialized kernel's op where it runs here (Hopper, a Triton with Gluon), else None: 'auto' then
+    keeps the Triton kernel, which computes the same."""
+    try:
+        return _OP_LOADERS["gluon-ws"]()
+    except BackendUnavailableError:
+        return None
 
 
 def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -199,7 +227,7 @@ def fp8_self_attention_refusal(model: nn.Module) -> str | None:
     return None
 
 
-def apply_fp8_self_attention(model: nn.Module, stock_backend=None, *, implementation: str = "triton",
+def apply_fp8_self_attention(model: nn.Module, stock_backend=None, *, implementation: str = "auto",
                              config: str = "default", qk_dtype: str = "int8") -> int:
     """Give every self-attention module of `model` an FP8 processor; returns how many. `stock_backend` is the
     diffusers backend the calls outside the kernel use. Raises InvalidInputError for a model with no Wan /
