@@ -14,11 +14,14 @@ P[j].V[j] together in its turn after its softmax of block j (FlashAttention-3's 
 run while the other computes its softmax).
 
 Measured on an H100 (2026-12-07, per layer, scripts/check_fp8_attention.py, the Triton kernel's default in the
-same run at 140.4 ms for Wan 720p and 3.16 ms for LTX 13B): exactly the Triton kernel's accuracy (cosine
-0.999847); 'free' 151-152 ms (2-4 slots), 'scores' 137.7 ms (2 % faster) but 3.41 ms at LTX 13B (8 % slower).
-Nsight Compute on 'free': 0.62 cycles per instruction stalled on the K-scale load (now issued before the MMA
-it can hide behind) and tensor cores busy 39 % (the Triton kernel 45 %). 'paired' and the K-scale prefetch
-compile (tests/test_attention_fp8_gluon_ws.py) and are not yet timed. Opt-in implementation 'gluon-ws'.
+same run at 141.5 ms for Wan 720p, 26.66 ms at 480p, 3.12 ms for LTX 13B), all exactly the Triton kernel's
+accuracy (cosine 0.999847 at Wan 720p): 'paired' 133.6 ms (6 % faster; 26.70 and 3.47 ms), with one release per
+slot ('-slot') 133.6; 'scores' 148.1 (137.7 in an earlier run, before each block's K scale was loaded ahead of its
+MMA); 'free' 151-152 (earlier run). 256-key blocks ('-n256', 13 % fewer instructions per key) 139.4 ms with
+'scores' but 155-159 with 'paired', where Nsight Compute shows 3.4 cycles per instruction stalled at barriers and
+1.5 on long-latency loads, tensor cores busy 37 % (not yet explained). So 'paired' is the default, and
+the attention backend's 'auto' takes this kernel for head dim 128 from 32,768 tokens
+(attention_fp8_processors.WARP_SPECIALIZED_FROM_TOKENS).
 
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
 """
