@@ -37,7 +37,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import (BLOCK_N, _row_factor, _softmax, _store_output, _tma_load, gluon_unavailable,
+from .attention_fp8_gluon import (BLOCK_N, _keep_p, _row_factor, _softmax, _store_output, _tma_load, gluon_unavailable,
                                   quantised_inputs)
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
@@ -178,10 +178,68 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
+def _overlapped_step(j, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
+                     turns, q_scales, k_scales_base, S, K_GROUP: gl.constexpr, STAGES: gl.constexpr,
+                     s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr, SLOT_RELEASE: gl.constexpr,
+                     MASK: gl.constexpr):
+    """In this consumer's turn, Q.K[j+1]^T and P[j].V[j] issued together; then block j+1's softmax as soon as its
+    scores are in, while P[j].V[j] still runs; then acc rescaled once it lands. On entry P[j] is staged in shared
+    memory; on return P[j+1]. Nothing in flight crosses the loop's back edge."""
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
+    _take_turn(turns, j + 1, WG)
+    s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
+    acc = _issue_pv(p_tiles.index(j % 2), acc, v_smem, v_ready, j, STAGES)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
+    s = warpgroup_mma_wait(1, deps=(s, ))  # the scores only: P[j].V[j] runs on through the softmax
+    _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, (j + 1) * KEY_ROWS, S,
+                                           gl.SliceLayout(0, s_layout), KEY_ROWS, MASK)
+    _keep_p(p8, p_tiles, j + 1)  # the other buffer: P[j].V[j] may still read P[j]
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index(j % STAGES), count=1)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    return acc, row_max, row_sum
+
+
+@gluon.jit
+def _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
+                       turns, q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr, STAGES: gl.constexpr,
+                       s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr, SLOT_RELEASE: gl.constexpr):
+    """'paired' turns plus FlashAttention-3's overlap inside the warpgroup (_overlapped_step): P through shared
+    memory (p_tiles, two buffers), so no register operand of an MMA in flight outlives its step."""
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
+    _take_turn(turns, 0, WG)
+    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout, KEY_ROWS)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
+    # block 0's softmax, masked: it may be the only block (acc is still zero, so nothing to rescale)
+    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, 0, S, gl.SliceLayout(0, s_layout),
+                                           KEY_ROWS, True)
+    _keep_p(p8, p_tiles, 0)
+    for j in range(0, blocks - 2):
+        acc, row_max, row_sum = _overlapped_step(j, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k_ready,
+                                                 v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S,
+                                                 K_GROUP, STAGES, s_layout, o_layout, WG, SLOT_RELEASE, False)
+    if blocks > 1:  # the last block's softmax, masked where the sequence ends inside it
+        acc, row_max, row_sum = _overlapped_step(blocks - 2, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem,
+                                                 k_ready, v_ready, k_empty, v_empty, turns, q_scales, k_scales_base,
+                                                 S, K_GROUP, STAGES, s_layout, o_layout, WG, SLOT_RELEASE, True)
+    _take_turn(turns, blocks, WG)
+    acc = _issue_pv(p_tiles.index((blocks - 1) % 2), acc, v_smem, v_ready, blocks - 1, STAGES)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
+    return acc, row_max, row_sum
+
+
+@gluon.jit
+def _consumer(q_smem, k_smem, v_smem, p_tiles, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
               v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
               Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr,
-              PAIRED_TURNS: gl.constexpr, SLOT_RELEASE: gl.constexpr, WG: gl.constexpr):
+              PAIRED_TURNS: gl.constexpr, OVERLAP: gl.constexpr, SLOT_RELEASE: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
     KEY_ROWS: gl.constexpr = k_smem.shape[1]
@@ -199,7 +257,12 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
     acc = gl.zeros([CONSUMER_ROWS, D], gl.float32, o_layout)
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
-    if PAIRED_TURNS:
+    if OVERLAP:
+        acc, row_max, row_sum = _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem,
+                                                   k_ready, v_ready, k_empty, v_empty, turns, q_scales,
+                                                   k_scales_base, S, blocks, K_GROUP, STAGES, s_layout, o_layout, WG,
+                                                   SLOT_RELEASE)
+    elif PAIRED_TURNS:
         acc, row_max, row_sum = _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
                                                k_empty, v_empty, turns, q_scales, k_scales_base, S, blocks, K_GROUP,
                                                STAGES, s_layout, o_layout, WG, SLOT_RELEASE)
@@ -221,7 +284,7 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
                              STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr, PAIRED_TURNS: gl.constexpr,
-                             SLOT_RELEASE: gl.constexpr):
+                             OVERLAP: gl.constexpr, SLOT_RELEASE: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
     first_row = gl.program_id(0) * BLOCK_M
@@ -233,6 +296,11 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    # each consumer's P of two blocks (turns 'overlap' only: its P.V MMAs read P from there)
+    KEY_ROWS: gl.constexpr = k_desc.block_type.shape[0]
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([CONSUMER_ROWS, KEY_ROWS], gl.float8e4nv)
+    p_first = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
+    p_second = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
     q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -249,12 +317,14 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
         mbarrier.init(v_empty.index(i), count=2)
 
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
+        (_consumer, (q_smem, k_smem, v_smem, p_first, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, SLOT_RELEASE, FIRST_CONSUMER)),
-        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
+                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP, SLOT_RELEASE,
+                     FIRST_CONSUMER)),
+        (_consumer, (q_smem, k_smem, v_smem, p_second, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
                      k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, SLOT_RELEASE, SECOND_CONSUMER)),
+                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP, SLOT_RELEASE,
+                     SECOND_CONSUMER)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
                    k_row, v_row, blocks, STAGES, SLOT_RELEASE)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
@@ -272,7 +342,8 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
 @dataclass(frozen=True)
 class GluonWsConfig:
     """K/V ring slots, and how the consumers share the tensor cores: 'free' (no coordination), 'scores' (they take
-    turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together). slot_release: each
+    turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together), 'overlap' ('paired',
+    and each consumer's softmax of block j+1 runs while its P[j].V[j] does, P through shared memory). slot_release: each
     consumer frees a slot's K and V with one arrive once it has read V (one barrier of its 4 warps per key block
     fewer; the loader refills K a little later). key_rows: keys per block, 128 or 256 (FlashAttention-3 takes 224
     for FP8 at head dim 128: fewer blocks, so fewer rescales of acc, barriers and turns per key; 256 quantises K
@@ -290,7 +361,7 @@ class GluonWsConfig:
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired",
-                "SLOT_RELEASE": self.slot_release}
+                "OVERLAP": self.turns == "overlap", "SLOT_RELEASE": self.slot_release}
 
     @staticmethod
     def launch_options() -> dict:
@@ -304,7 +375,9 @@ GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), Gluo
                                         GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True),
                                         GluonWsConfig(4, "paired", True), GluonWsConfig(2, "scores", key_rows=256),
                                         GluonWsConfig(3, "scores", key_rows=256), GluonWsConfig(2, "paired", key_rows=256),
-                                        GluonWsConfig(3, "paired", key_rows=256), GluonWsConfig(2, "paired", True, 256))}
+                                        GluonWsConfig(3, "paired", key_rows=256), GluonWsConfig(2, "paired", True, 256),
+                                        GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"),
+                                        GluonWsConfig(3, "overlap", True))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]  # the fastest measured
 
 
