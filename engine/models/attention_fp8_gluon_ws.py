@@ -11,7 +11,8 @@ reallocation gives the consumers 240 registers each, the loader 24.
 How the consumers share the tensor cores (GluonWsConfig.turns): 'free' leaves it to the warp schedulers;
 'scores' makes them take turns at Q.K^T (two mbarriers pass the turn); 'paired' makes each issue Q.K[j+1]^T and
 P[j].V[j] together in its turn after its softmax of block j (FlashAttention-3's ping-pong: one consumer's MMAs
-run while the other computes its softmax).
+run while the other computes its softmax); 'overlap' adds FlashAttention-3's overlap inside the warpgroup (its
+softmax of block j+1 runs while its own P[j].V[j] does; P through shared memory; compiled, not yet timed).
 
 Measured on an H100 (2026-12-07, per layer, scripts/check_fp8_attention.py, the Triton kernel's default in the
 same run at 141.5 ms for Wan 720p, 26.66 ms at 480p, 3.12 ms for LTX 13B), all exactly the Triton kernel's
