@@ -134,12 +134,24 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
     _release_k(k_empty, j, STAGES, SLOT_RELEASE)
     if SCORE_TURNS:
         mbarrier.arrive(turns.index(1 - WG), count=1)
-    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout, KEY_ROWS,
-                                                MASK)
+    p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout,
+                                                KEY_ROWS, MASK)
     acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_empty.index(j % STAGES), count=1)
     return acc, row_max, row_sum
+
+
+@gluon.jit
+def _last_pv(p, acc, v_smem, v_ready, v_empty, turns, blocks, STAGES: gl.constexpr, WG: gl.constexpr):
+    """The turn-taking modes' last turn: acc += P.V of the last block (P in registers or shared memory), waited
+    for, and its slot released."""
+    _take_turn(turns, blocks, WG)
+    acc = _issue_pv(p, acc, v_smem, v_ready, blocks - 1, STAGES)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
+    return acc
 
 
 @gluon.jit
@@ -170,11 +182,7 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
     # the last block, masked where the sequence ends inside it
     p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, blocks - 1, S, s_layout,
                                                 o_layout, KEY_ROWS, True)
-    _take_turn(turns, blocks, WG)
-    acc = _issue_pv(p, acc, v_smem, v_ready, blocks - 1, STAGES)
-    mbarrier.arrive(turns.index(1 - WG), count=1)
-    acc = warpgroup_mma_wait(0, deps=(acc, ))
-    mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
+    acc = _last_pv(p, acc, v_smem, v_ready, v_empty, turns, blocks, STAGES, WG)
     return acc, row_max, row_sum
 
 
@@ -228,17 +236,13 @@ def _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k
         acc, row_max, row_sum = _overlapped_step(blocks - 2, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem,
                                                  k_ready, v_ready, k_empty, v_empty, turns, q_scales, k_scales_base,
                                                  S, K_GROUP, STAGES, s_layout, o_layout, WG, SLOT_RELEASE, True)
-    _take_turn(turns, blocks, WG)
-    acc = _issue_pv(p_tiles.index((blocks - 1) % 2), acc, v_smem, v_ready, blocks - 1, STAGES)
-    mbarrier.arrive(turns.index(1 - WG), count=1)
-    acc = warpgroup_mma_wait(0, deps=(acc, ))
-    mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
+    acc = _last_pv(p_tiles.index((blocks - 1) % 2), acc, v_smem, v_ready, v_empty, turns, blocks, STAGES, WG)
     return acc, row_max, row_sum
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, p_tiles, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr, k_scales_ptr,
-              v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
+def _consumer(q_smem, k_smem, v_smem, p_tiles, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
+              k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
               Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr,
               PAIRED_TURNS: gl.constexpr, OVERLAP: gl.constexpr, SLOT_RELEASE: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
@@ -370,15 +374,14 @@ class GluonWsConfig:
         return {"num_warps": 4, "maxnreg": LAUNCH_REGISTERS}
 
 
-GLUON_WS_CONFIGS = {c.name: c for c in (GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4),
-                                        GluonWsConfig(3, "scores"), GluonWsConfig(2, "paired"),
-                                        GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"),
-                                        GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True),
-                                        GluonWsConfig(4, "paired", True), GluonWsConfig(2, "scores", key_rows=256),
-                                        GluonWsConfig(3, "scores", key_rows=256), GluonWsConfig(2, "paired", key_rows=256),
-                                        GluonWsConfig(3, "paired", key_rows=256), GluonWsConfig(2, "paired", True, 256),
-                                        GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"),
-                                        GluonWsConfig(3, "overlap", True))}
+GLUON_WS_CONFIGS = {c.name: c for c in (
+    GluonWsConfig(2), GluonWsConfig(3), GluonWsConfig(4), GluonWsConfig(3, "scores"),
+    GluonWsConfig(2, "paired"), GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"),
+    GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True), GluonWsConfig(4, "paired", True),
+    GluonWsConfig(2, "scores", key_rows=256), GluonWsConfig(3, "scores", key_rows=256),
+    GluonWsConfig(2, "paired", key_rows=256), GluonWsConfig(3, "paired", key_rows=256),
+    GluonWsConfig(2, "paired", True, 256),
+    GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"), GluonWsConfig(3, "overlap", True))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]  # the fastest measured
 
 
