@@ -352,7 +352,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", help="kernel configs (default: all named ones)")
     parser.add_argument("--autotune", action="store_true", help="also run config 'autotune' (Triton times all)")
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
-    parser.add_argument("--ws-configs", nargs="*", default=["s3", "s3-scores", "s2-paired", "s3-paired", "s4-paired"],
+    parser.add_argument("--ws-configs", nargs="*", default=["s3-scores", "s3-paired", "s3-paired-slot", "s2-overlap", "s3-overlap"],
                         help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py)")
     parser.add_argument("--kernels-only", action="store_true",
                         help="only --configs and --ws-configs (no SDPA, GluonConfig or cuDNN FP8 rows)")
