@@ -69,8 +69,10 @@ def _optional_attention_op(implementation: str, module: str, op: str, unavailabl
                                   "implementation 'triton'.")
 
 
-# implementation -> the op that attends (the 'reference' calls the PyTorch twin directly)
+# implementation -> the op that attends ('auto': the one for every call the warp-specialized kernel does not
+# take; the 'reference' calls the PyTorch twin directly)
 _OP_LOADERS = {
+    "auto": lambda: _OP_LOADERS["triton"](),
     "triton": _triton_attention_op,
     "cudnn": lambda: _optional_attention_op("cudnn", "attention_fp8_cudnn", "cudnn_fp8_attention_op",
                                             "cudnn_frontend_missing"),
@@ -94,9 +96,11 @@ class _Fp8SelfAttention:
         self.implementation = implementation
         self.config = config
         self.qk_dtype = qk_dtype
-        self._op = _OP_LOADERS["triton" if implementation == "auto" else implementation]() \
-            if implementation != "reference" else None
-        self._long_sequence_op = _warp_specialized_op_if_it_runs() if implementation == "auto" else None
+        self._op = _OP_LOADERS[implementation]() if implementation in _OP_LOADERS else None
+        # 'auto''s op for long sequences at head dim 128, unless a Triton config or FP8 Q.K was asked for (the
+        # warp-specialized kernel has neither)
+        self._long_sequence_op = (_warp_specialized_op_if_it_runs()
+                                  if implementation == "auto" and config == "default" and qk_dtype == "int8" else None)
 
     def stays_stock(self, encoder_hidden_states, attention_mask) -> bool:
         """Calls the kernel does not take: cross-attention, a mask, a context parallelism other than Ulysses."""
@@ -112,19 +116,12 @@ class _Fp8SelfAttention:
     def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self.implementation == "reference":
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
-        if self.implementation == "auto":
-            if self._takes_warp_specialized(query):
-                return self._long_sequence_op(query, key, value)
-            return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
-        if self.implementation == "triton":  # the one op that takes a config; the others only q, k, v
+        if self._long_sequence_op is not None and query.shape[-1] == WARP_SPECIALIZED_HEAD_DIM \
+                and query.shape[1] >= WARP_SPECIALIZED_FROM_TOKENS:
+            return self._long_sequence_op(query, key, value)
+        if self.implementation in ("auto", "triton"):  # the Triton op takes a config; the others only q, k, v
             return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
         return self._op(query, key, value)
-
-    def _takes_warp_specialized(self, query: torch.Tensor) -> bool:
-        """'auto''s choice for this call: the warp-specialized kernel where it runs and was measured faster (long
-        sequences at head dim 128), unless a Triton config or FP8 Q.K was asked for (it has neither)."""
-        return (self._long_sequence_op is not None and self.config == "default" and self.qk_dtype == "int8"
-                and query.shape[-1] == WARP_SPECIALIZED_HEAD_DIM and query.shape[1] >= WARP_SPECIALIZED_FROM_TOKENS)
 
 
 def _warp_specialized_op_if_it_runs():
