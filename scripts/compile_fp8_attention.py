@@ -155,14 +155,15 @@ def compile_config(name: str, head_dim: int, qk_dtype: str) -> dict:
                               config.launch_options())
 
 
-def compile_gluon_kernel(row: dict, kernel, head_dim: int, query_rows: int, config, key_rows: int = 128) -> dict:
-    """A Gluon kernel taking the quantised buffers as descriptors (attention_fp8_gluon.quantised_inputs' blocks)
-    with `config`'s constants and launch options."""
+def compile_gluon_kernel(row: dict, kernel, head_dim: int, config) -> dict:
+    """A Gluon kernel taking the quantised buffers as descriptors (attention_fp8_gluon.quantised_inputs' blocks, of
+    the config's query and key rows) with `config`'s constants and launch options."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from reelsmith.engine.models.attention_fp8_gluon import key_group, shared_layouts
     from reelsmith.engine.models.attention_fp8_reference import Q_GROUP
 
+    query_rows, key_rows = config.query_rows, config.key_rows
     query, key, value = shared_layouts(head_dim, query_rows, key_rows)
     signature = {"q_desc": f"tensordesc<i8[{query_rows},{head_dim}],{query!r}>",
                  "k_desc": f"tensordesc<i8[{key_rows},{head_dim}],{key!r}>",
@@ -177,7 +178,7 @@ def compile_gluon(head_dim: int, config) -> dict:
     from reelsmith.engine.models import attention_fp8_gluon as gluon_kernel
 
     row = {"config": f"gluon-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
-    return compile_gluon_kernel(row, gluon_kernel._fp8_attention_gluon_kernel, head_dim, config.block_m, config)
+    return compile_gluon_kernel(row, gluon_kernel._fp8_attention_gluon_kernel, head_dim, config)
 
 
 def compile_gluon_ws(head_dim: int, config) -> dict:
@@ -186,8 +187,7 @@ def compile_gluon_ws(head_dim: int, config) -> dict:
     from reelsmith.engine.models import attention_fp8_gluon_ws as ws_kernel
 
     row = {"config": f"gluon-ws-{config.name}", "head_dim": head_dim, "qk_dtype": "int8"}
-    return compile_gluon_kernel(row, ws_kernel._fp8_attention_ws_kernel, head_dim, ws_kernel.CONSUMER_ROWS.value,
-                                config, config.key_rows)
+    return compile_gluon_kernel(row, ws_kernel._fp8_attention_ws_kernel, head_dim, config)
 
 
 def main(argv=None) -> int:

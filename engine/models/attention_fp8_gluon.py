@@ -243,6 +243,16 @@ class GluonConfig:
     def name(self) -> str:
         return f"m{self.block_m}k{self.k_stages}v{self.v_stages}"
 
+    @property
+    def query_rows(self) -> int:
+        """Rows of the query blocks its descriptor loads."""
+        return self.block_m
+
+    @property
+    def key_rows(self) -> int:
+        """Rows of the key / value blocks its descriptors load."""
+        return BLOCK_N
+
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return {"K_STAGES": self.k_stages, "V_STAGES": self.v_stages}
@@ -296,7 +306,7 @@ def gluon_fp8_attention(q, k, v, layout: str = "bshd", config: GluonConfig = DEF
     Hopper only: Gluon has no CPU interpreter."""
     from .attention_fp8_quant import logical_strides
 
-    qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.block_m)
+    qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.query_rows, config.key_rows)
     grid = (triton.cdiv(qkv.tokens, config.block_m), qkv.batch * qkv.heads)
     _fp8_attention_gluon_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales,
                                       qkv.v_means, out, qkv.tokens, qkv.padded, qkv.heads,

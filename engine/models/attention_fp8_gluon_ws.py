@@ -363,6 +363,11 @@ class GluonWsConfig:
         return (f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
                 + ("-slot" if self.slot_release else "") + ("" if self.key_rows == BLOCK_N else f"-n{self.key_rows}"))
 
+    @property
+    def query_rows(self) -> int:
+        """Rows of the query blocks its descriptor loads: one consumer's."""
+        return CONSUMER_ROWS.value
+
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired",
@@ -390,7 +395,7 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     kernel. Hopper only: Gluon has no CPU interpreter."""
     from .attention_fp8_quant import logical_strides
 
-    qkv, descriptors, out = quantised_inputs(q, k, v, layout, CONSUMER_ROWS.value, config.key_rows)
+    qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.query_rows, config.key_rows)
     grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
