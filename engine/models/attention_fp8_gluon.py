@@ -75,6 +75,12 @@ def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.con
 
 
 @gluon.jit
+def _rescaled(acc, alpha, o_layout: gl.constexpr):
+    """acc rescaled to new row maxima: each row times its alpha."""
+    return acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+
+
+@gluon.jit
 def _keep_p(p8, p_smem, block):
     """P[block] into the shared-memory buffer its P.V MMA will read. (Kept in registers instead, the e4m3 P carried
     across the loop sits two values per register and is repacked every block: 786 instead of 601 instructions
@@ -120,7 +126,7 @@ def _step(j, acc, row_max, row_sum, q_smem, k_smem, v_smem, p_smem, k_bars, v_ba
     # flight crosses the loop's back edge (where a register copy could touch an in-flight MMA's registers, ptxas
     # serialises every MMA of the kernel)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    acc = _rescaled(acc, alpha, o_layout)
     v_slot = j % V_STAGES
     v_load = j + V_STAGES
     mbarrier.expect(v_bars.index(v_slot), v_desc.block_type.nbytes, pred=v_load < blocks)

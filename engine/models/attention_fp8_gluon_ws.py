@@ -38,8 +38,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import (BLOCK_N, _keep_p, _row_factor, _softmax, _store_output, _tma_load, gluon_unavailable,
-                                  quantised_inputs)
+from .attention_fp8_gluon import (BLOCK_N, _keep_p, _rescaled, _row_factor, _softmax, _store_output, _tma_load,
+                                  gluon_unavailable, quantised_inputs)
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
@@ -112,7 +112,7 @@ def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.co
     """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
     p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_ROWS, S,
                                            gl.SliceLayout(0, s_layout), KEY_ROWS, MASK)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    acc = _rescaled(acc, alpha, o_layout)
     p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
     return p, acc, row_max, row_sum
 
@@ -143,6 +143,20 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
 
 
 @gluon.jit
+def _first_scores(q_tile, k_smem, k_ready, k_empty, turns, q_scales, k_scales_base, K_GROUP: gl.constexpr,
+                  STAGES: gl.constexpr, s_layout: gl.constexpr, WG: gl.constexpr, SLOT_RELEASE: gl.constexpr):
+    """The turn-taking modes' first turn: block 0's scores, waited for (its K slot released), and its row factor
+    (each block's K scale loads while MMAs run)."""
+    _take_turn(turns, 0, WG)
+    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout, k_smem.shape[1])
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
+    return s, row_factor
+
+
+@gluon.jit
 def _last_pv(p, acc, v_smem, v_ready, v_empty, turns, blocks, STAGES: gl.constexpr, WG: gl.constexpr):
     """The turn-taking modes' last turn: acc += P.V of the last block (P in registers or shared memory), waited
     for, and its slot released."""
@@ -162,12 +176,8 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
     softmax, then in its turn Q.K[j+1]^T and P[j].V[j] issued together, so that the tensor cores run one
     consumer's two MMAs while the other consumer computes its softmax."""
     KEY_ROWS: gl.constexpr = k_smem.shape[1]
-    _take_turn(turns, 0, WG)
-    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout, KEY_ROWS)
-    mbarrier.arrive(turns.index(1 - WG), count=1)
-    row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)  # each block's K scale loads while MMAs run
-    s = warpgroup_mma_wait(0, deps=(s, ))
-    _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
+    s, row_factor = _first_scores(q_tile, k_smem, k_ready, k_empty, turns, q_scales, k_scales_base, K_GROUP, STAGES,
+                                  s_layout, WG, SLOT_RELEASE)
     for j in range(0, blocks - 1):
         p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout,
                                                     KEY_ROWS, False)
@@ -207,7 +217,7 @@ def _overlapped_step(j, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, 
     _keep_p(p8, p_tiles, j + 1)  # the other buffer: P[j].V[j] may still read P[j]
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_empty.index(j % STAGES), count=1)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    acc = _rescaled(acc, alpha, o_layout)
     return acc, row_max, row_sum
 
 
@@ -218,12 +228,8 @@ def _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k
     """'paired' turns plus FlashAttention-3's overlap inside the warpgroup (_overlapped_step): P through shared
     memory (p_tiles, two buffers), so no register operand of an MMA in flight outlives its step."""
     KEY_ROWS: gl.constexpr = k_smem.shape[1]
-    _take_turn(turns, 0, WG)
-    s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout, KEY_ROWS)
-    mbarrier.arrive(turns.index(1 - WG), count=1)
-    row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)
-    s = warpgroup_mma_wait(0, deps=(s, ))
-    _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
+    s, row_factor = _first_scores(q_tile, k_smem, k_ready, k_empty, turns, q_scales, k_scales_base, K_GROUP, STAGES,
+                                  s_layout, WG, SLOT_RELEASE)
     # block 0's softmax, masked: it may be the only block (acc is still zero, so nothing to rescale)
     p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, 0, S, gl.SliceLayout(0, s_layout),
                                            KEY_ROWS, True)
