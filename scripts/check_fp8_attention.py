@@ -352,7 +352,8 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", help="kernel configs (default: all named ones)")
     parser.add_argument("--autotune", action="store_true", help="also run config 'autotune' (Triton times all)")
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
-    parser.add_argument("--ws-configs", nargs="*", default=["s3-scores", "s3-paired", "s3-paired-slot", "s2-overlap", "s3-overlap"],
+    parser.add_argument("--ws-configs", nargs="*",
+                        default=["s3-scores", "s3-paired", "s3-paired-slot", "s2-overlap", "s3-overlap"],
                         help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py)")
     parser.add_argument("--kernels-only", action="store_true",
                         help="only --configs and --ws-configs (no SDPA, GluonConfig or cuDNN FP8 rows)")
@@ -366,8 +367,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="bf16", help="weight precision of the forward (bench.py's names)")
     parser.add_argument("--config", default="default", help="kernel config of the forward's fp8 backend")
     parser.add_argument("--implementation", default="auto", choices=["auto", "triton", "cudnn", "gluon", "gluon-ws"],
-                        help="the forward's fp8 implementation: auto (the loader's default), our Triton kernel, cuDNN's FP8 attention or one "
-                             "of our Gluon kernels")
+                        help="the forward's fp8 implementation: auto (the loader's default), our Triton kernel, "
+                             "cuDNN's FP8 attention or one of our Gluon kernels")
     parser.add_argument("--compile", default="off", choices=["off", "regional"], help="compile mode of the forward")
     parser.add_argument("--forward-repeats", type=int, default=2)
     parser.add_argument("--sample-steps", type=int, default=0,

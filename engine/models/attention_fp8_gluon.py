@@ -38,6 +38,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from .attention_custom_op import attention_custom_op
 from .attention_fp8 import INT_AS_FLOAT_BITS, INT_AS_FLOAT_OFFSET, LOG2_FP8_MAX  # the same arithmetic's constants
+from .attention_fp8_reference import K_GROUP
 
 # Triton 3.9 renamed the TMA load (3.6, beside torch 2.11, has only the old name)
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
@@ -283,8 +284,6 @@ def shared_layouts(dim: int, block_m: int = 64, block_n: int = BLOCK_N):
 def key_group(key_rows: int) -> int:
     """The K quantisation group for key blocks of `key_rows`: the kernels take one K scale per block, so a group
     spans at least a block."""
-    from .attention_fp8_reference import K_GROUP
-
     return max(K_GROUP, key_rows)
 
 
