@@ -211,6 +211,26 @@ def test_quantised_buffers_are_the_reference_quantisation(tokens, k_group):
 
 
 @needs_kernel
+def test_v_in_the_warpgroup_mma_key_order_is_the_same_buffer_permuted_within_every_16_keys():
+    from reelsmith.engine.models.attention_fp8_quant import mma_key_positions, quantise_qkv
+
+    q, k, v = layer_inputs(tokens=300)
+    natural = quantise_qkv(q, k, v, "bshd")
+    reordered = quantise_qkv(q, k, v, "bshd", v_mma_order=True)
+    positions = mma_key_positions(natural.padded)
+    assert reordered.v_mma_order and not natural.v_mma_order
+    assert torch.equal(reordered.v_t[..., positions].float(), natural.v_t.float())
+    assert torch.equal(reordered.q.float(), natural.q.float()) and torch.equal(reordered.k.float(), natural.k.float())
+    # a permutation inside every 16 keys, in which each lane c of a quad finds its Q.K^T accumulator keys
+    # (2c, 2c+1, 8+2c, 9+2c) at the four consecutive places the e4m3 MMA reads from its registers (4c..4c+3)
+    groups = torch.arange(0, natural.padded, 16)[:, None]
+    assert torch.equal((positions.view(-1, 16) - groups).sort(1).values, torch.arange(16).expand(len(groups), 16))
+    for lane in range(4):
+        held = positions[[2 * lane, 2 * lane + 1, 8 + 2 * lane, 9 + 2 * lane]]
+        assert held.tolist() == [4 * lane, 4 * lane + 1, 4 * lane + 2, 4 * lane + 3]
+
+
+@needs_kernel
 def test_kernel_with_one_k_scale_per_256_keys_matches_the_reference():
     """Groups of 256 keys (the warp-specialized kernel's 256-key blocks quantise K so): the Triton kernel, two
     128-key blocks per K scale, computes the same scheme."""
@@ -404,7 +424,7 @@ def test_auto_takes_the_warp_specialized_kernel_for_long_sequences_at_head_dim_1
 
     long = processors.WARP_SPECIALIZED_FROM_TOKENS
     assert attend(long) == ("gluon-ws", long)
-    assert attend(long - 1) == ("triton", long - 1, "default")      # Wan 480p's 32,760 tokens: as fast either way
+    assert attend(long - 1) == ("triton", long - 1, "default")  # short sequences: not measured, the Triton kernel
     assert attend(long, dim=64) == ("triton", long, "default")
     assert attend(long, config="m64n128w4s3") == ("triton", long, "m64n128w4s3")  # a Triton config asked for
     assert attend(long, implementation="triton") == ("triton", long, "default")

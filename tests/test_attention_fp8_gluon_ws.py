@@ -25,12 +25,12 @@ def test_warp_specialized_kernel_compiles_for_hopper_with_its_partitions(tmp_pat
     result = subprocess.run(
         [sys.executable, str(PACK_ROOT / "scripts" / "compile_fp8_attention.py"), "--configs",
          "m64n128w4s3-fastacc-tma", "--head-dims", "64", "128", "--gluon-ws", "s2", "s3", "s3-scores", "s3-paired",
-         "s3-paired-slot", "s2-paired-n256", "s3-overlap", "--json", str(out)],
+         "s3-paired-slot", "s2-scores-n256", "s3-overlap", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {(row["config"], row["head_dim"]): row for row in json.loads(out.read_text())}
     assert {key for key in rows if key[0].startswith("gluon-ws")} == {
-        (f"gluon-ws-{name}", dim) for name in ("s2", "s3", "s3-scores", "s3-paired", "s3-paired-slot", "s2-paired-n256",
+        (f"gluon-ws-{name}", dim) for name in ("s2", "s3", "s3-scores", "s3-paired", "s3-paired-slot", "s2-scores-n256",
                                              "s3-overlap")
         for dim in (64, 128)}
     for (config, dim), row in rows.items():
@@ -47,7 +47,7 @@ def test_warp_specialized_kernel_compiles_for_hopper_with_its_partitions(tmp_pat
     growth = rows[("gluon-ws-s3", 128)]["shared_bytes"] - rows[("gluon-ws-s2", 128)]["shared_bytes"]
     assert 32 * 1024 <= growth <= 32 * 1024 + 256
     # 256-key blocks: each of the two slots holds a K and a V block twice as large
-    growth = rows[("gluon-ws-s2-paired-n256", 128)]["shared_bytes"] - rows[("gluon-ws-s2", 128)]["shared_bytes"]
+    growth = rows[("gluon-ws-s2-scores-n256", 128)]["shared_bytes"] - rows[("gluon-ws-s2", 128)]["shared_bytes"]
     assert 64 * 1024 - 256 <= growth <= 64 * 1024 + 256
     # 'overlap' stages each consumer's P of two blocks in shared memory (64 x 128 e4m3 each); the other modes
     # keep P in registers and allocate none

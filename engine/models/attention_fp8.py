@@ -117,8 +117,9 @@ FP8_ATTENTION_CONFIGS = _configs(
 # Nsight Compute on this default at Wan 720p (scripts/profile_fp8_attention.py, H100, 2026-12-07): latency-bound,
 # no unit saturated (tensor cores 45 %, exp2 unit 46 %, issue 54 %), 0.76 of a scheduler's two warps ready per
 # cycle; the most stalled instruction is the wait for Q.K^T. The warp-specialized Gluon kernel
-# (attention_fp8_gluon_ws.py, FlashAttention-3's ping-pong) is the answer to that at Wan 720p: 133.6 ms against
-# 141.5, so the FP8 processors' 'auto' takes it there (attention_fp8_processors.WARP_SPECIALIZED_FROM_TOKENS).
+# (attention_fp8_gluon_ws.py, FlashAttention-3's ping-pong) is the answer to that for head dim 128: 131.8 ms against
+# 140.1 at Wan 720p, 3.00 against 3.43 at LTX 13B, so the FP8 processors' 'auto' takes it from 8,192 tokens
+# (attention_fp8_processors.WARP_SPECIALIZED_FROM_TOKENS); this kernel keeps head dim 64 and short sequences.
 # head dim -> ((up to this many tokens, config), ...): the first that fits
 DEFAULT_CONFIGS = {64: ((None, "m64n128w4s3-fastacc-tma-r128"), ),
                    128: ((16384, "m64n128w4s2-fastacc-tma-r168"), (None, "m64n128w4s3-fastacc-tma"))}

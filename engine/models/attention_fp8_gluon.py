@@ -61,8 +61,9 @@ def _row_factor(q_scales, k_scales_base, start_n, K_GROUP: gl.constexpr):
 
 @gluon.jit
 def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
-             MASK: gl.constexpr):
-    """P in e4m3 (times 448) of one block's INT8 scores, the new row maxima and sums, and the factor acc needs."""
+             MASK: gl.constexpr, E4M3: gl.constexpr = True):
+    """P in e4m3 (times 448; fp32 unless E4M3) of one block's INT8 scores, the new row maxima and sums, and the
+    factor acc needs."""
     qk = (s_int + INT_AS_FLOAT_BITS).to(gl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + integer score
     if MASK:
         cols = start_n + gl.arange(0, BLOCK_N, col_layout)
@@ -72,7 +73,9 @@ def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.con
     shift = INT_AS_FLOAT_OFFSET * row_factor + new_max - LOG2_FP8_MAX
     p = gl.exp2(qk * gl.expand_dims(row_factor, 1) - gl.expand_dims(shift, 1))
     row_sum = row_sum * alpha + gl.sum(p, 1)
-    return p.to(gl.float8e4nv), new_max, row_sum, alpha
+    if E4M3:
+        p = p.to(gl.float8e4nv)
+    return p, new_max, row_sum, alpha
 
 
 @gluon.jit
@@ -287,14 +290,15 @@ def key_group(key_rows: int) -> int:
     return max(K_GROUP, key_rows)
 
 
-def quantised_inputs(q, k, v, layout: str, query_rows: int, key_rows: int = BLOCK_N):
+def quantised_inputs(q, k, v, layout: str, query_rows: int, key_rows: int = BLOCK_N, v_mma_order: bool = False):
     """q, k, v quantised for the Gluon kernels (INT8 Q.K), as tensor descriptors of query blocks of `query_rows`
-    and key / value blocks of `key_rows`, with the quantised buffers' scales and an empty output."""
+    and key / value blocks of `key_rows`, with the quantised buffers' scales and an empty output. v_mma_order:
+    V's keys in the warpgroup MMA's order (attention_fp8_quant.mma_key_positions)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .attention_fp8_quant import quantise_qkv
 
-    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8", k_group=key_group(key_rows))
+    qkv = quantise_qkv(q, k, v, layout, qk_dtype="int8", k_group=key_group(key_rows), v_mma_order=v_mma_order)
     dim = qkv.q.shape[-1]
     rows = qkv.batch * qkv.heads * qkv.padded
     query_layout, key_layout, value_layout = shared_layouts(dim, query_rows, key_rows)

@@ -6,22 +6,29 @@ of a multiprocessor's work. One program of 128 query rows, three partitions:
     P.V (P in e4m3, from registers), then the slot released.
 Against the Triton kernel (two independent 64-row programs per multiprocessor): each K and V block is read from
 L2 into shared memory once per 128 rows, not once per 64, and the consumers issue no loads; register
-reallocation gives the consumers 240 registers each, the loader 24.
+reallocation gives the consumers 240 registers each, the loader 24. V comes with its keys in the MMA's order
+(attention_fp8_quant.mma_key_positions), so each thread's share of P from the Q.K^T accumulator is already its
+share of the P.V MMA's register operand: no shuffles between threads (FlashAttention-3 permutes V likewise), and
+each register of four e4m3 is written by two conversions (_as_operand).
 
 How the consumers share the tensor cores (GluonWsConfig.turns): 'free' leaves it to the warp schedulers;
 'scores' makes them take turns at Q.K^T (two mbarriers pass the turn); 'paired' makes each issue Q.K[j+1]^T and
 P[j].V[j] together in its turn after its softmax of block j (FlashAttention-3's ping-pong: one consumer's MMAs
 run while the other computes its softmax); 'overlap' adds FlashAttention-3's overlap inside the warpgroup (its
-softmax of block j+1 runs while its own P[j].V[j] does; P through shared memory; compiled, not yet timed).
+softmax of block j+1 runs while its own P[j].V[j] does; P through shared memory).
 
-Measured on an H100 (2026-12-07, per layer, scripts/check_fp8_attention.py, the Triton kernel's default in the
-same run at 141.5 ms for Wan 720p, 26.66 ms at 480p, 3.12 ms for LTX 13B), all exactly the Triton kernel's
-accuracy (cosine 0.999847 at Wan 720p): 'paired' 133.6 ms (6 % faster; 26.70 and 3.47 ms), with one release per
-slot ('-slot') 133.6; 'scores' 148.1 (137.7 in an earlier run, before each block's K scale was loaded ahead of its
-MMA); 'free' 151-152 (earlier run). 256-key blocks ('-n256', 13 % fewer instructions per key) 139.4 ms with
-'scores' but 155-159 with 'paired', where Nsight Compute shows 3.4 cycles per instruction stalled at barriers and
-1.5 on long-latency loads, tensor cores busy 37 % (not yet explained). So 'paired' is the default, and
-the attention backend's 'auto' takes this kernel for head dim 128 from 32,768 tokens
+Measured on an H100 (2026-12-07 22:56 UTC, per layer, scripts/check_fp8_attention.py; the Triton kernel's default
+in the same run 140.1 ms at Wan 720p, 26.88 at 480p, 3.43 for LTX 13B), all exactly the Triton kernel's accuracy
+(cosine 0.999847 at Wan 720p): 'paired' 131.8 ms (6 % faster), 26.47 and 3.00 ms (12 % faster at LTX's 11,440
+tokens); 'overlap' 146.7, 29.75 and 3.35. Before V's keys were put in the MMA's order (P then went through 16
+shuffles, 16 selects and 16 byte permutes per key block and thread; 573 instructions per block against 524 now),
+in an earlier run (Triton default 141.5 / 26.66 / 3.12 ms): 'paired' 133.6 / 26.70 / 3.47, with one release per
+slot ('-slot') 133.6; 'scores' 148.1; 'free' 151-152. 256-key blocks ('-n256', 13 % fewer instructions per key)
+139.4 ms with 'scores' and 155-159 with 'paired' (those spill now, so only the 'scores' ones are kept). Nsight
+Compute on 'paired' (Wan 720p, 129.0 ms under the profiler): tensor cores 46 % busy, the exp2 unit 48 %, issue
+48 %, three warps per scheduler and 0.67 of them eligible; per issued instruction 2.1 cycles stalled at barriers
+and 1.3 on fixed-latency dependencies: latency, not a saturated unit. So 'paired' is the default, and the
+attention backend's 'auto' takes this kernel for head dim 128 from 8,192 tokens
 (attention_fp8_processors.WARP_SPECIALIZED_FROM_TOKENS).
 
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
@@ -107,14 +114,36 @@ def _issue_pv(p, acc, v_smem, v_ready, j, STAGES: gl.constexpr):
 
 
 @gluon.jit
+def _in_mma_key_order(p8):
+    """P's columns reordered as V's keys are (attention_fp8_quant.mma_key_positions): within each 16 keys, key
+    8h + 2c + j goes to 4c + 2h + j. Each thread keeps exactly its own values, so the e4m3 P.V MMA takes P as it
+    lies in registers (no shuffle between threads; compiling asserts the conversion is trivial)."""
+    ROWS: gl.constexpr = p8.shape[0]
+    KEYS: gl.constexpr = p8.shape[1]
+    grouped = gl.reshape(p8, [ROWS, KEYS // 16, 2, 4, 2])  # [row, 16 keys, h, c, j]
+    return gl.reshape(gl.permute(grouped, (0, 1, 3, 2, 4)), [ROWS, KEYS])
+
+
+@gluon.jit
 def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.constexpr, o_layout: gl.constexpr,
                      KEY_ROWS: gl.constexpr, MASK: gl.constexpr):
     """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
-    p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_ROWS, S,
-                                           gl.SliceLayout(0, s_layout), KEY_ROWS, MASK)
+    p, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_ROWS, S,
+                                          gl.SliceLayout(0, s_layout), KEY_ROWS, MASK, False)
     acc = _rescaled(acc, alpha, o_layout)
-    p = gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4))
-    return p, acc, row_max, row_sum
+    return _as_operand(p, o_layout), acc, row_max, row_sum
+
+
+@gluon.jit
+def _as_operand(p, o_layout: gl.constexpr):
+    """P (fp32) in e4m3 as the register operand of an MMA into an accumulator of o_layout. No data moves between
+    threads (V's keys are in the MMA's order), and each four keys the MMA reads from one register are converted
+    into it directly (two conversions of two; Triton's own cast adds a byte permute per register)."""
+    p = gl.convert_layout(_in_mma_key_order(p), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4),
+                          assert_trivial=True)
+    return gl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; "
+        "mov.b32 $0, {lo, hi}; }", "=r,r,r,r,r", [p], dtype=gl.float8e4nv, is_pure=True, pack=4)
 
 
 @gluon.jit
@@ -214,7 +243,7 @@ def _overlapped_step(j, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, 
     _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)
     p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, (j + 1) * KEY_ROWS, S,
                                            gl.SliceLayout(0, s_layout), KEY_ROWS, MASK)
-    _keep_p(p8, p_tiles, j + 1)  # the other buffer: P[j].V[j] may still read P[j]
+    _keep_p(_in_mma_key_order(p8), p_tiles, j + 1)  # the other buffer: P[j].V[j] may still read P[j]
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_empty.index(j % STAGES), count=1)
     acc = _rescaled(acc, alpha, o_layout)
@@ -233,7 +262,7 @@ def _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k
     # block 0's softmax, masked: it may be the only block (acc is still zero, so nothing to rescale)
     p8, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, 0, S, gl.SliceLayout(0, s_layout),
                                            KEY_ROWS, True)
-    _keep_p(p8, p_tiles, 0)
+    _keep_p(_in_mma_key_order(p8), p_tiles, 0)
     for j in range(0, blocks - 2):
         acc, row_max, row_sum = _overlapped_step(j, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k_ready,
                                                  v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S,
@@ -390,8 +419,6 @@ GLUON_WS_CONFIGS = {c.name: c for c in (
     GluonWsConfig(2, "paired"), GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"),
     GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True), GluonWsConfig(4, "paired", True),
     GluonWsConfig(2, "scores", key_rows=256), GluonWsConfig(3, "scores", key_rows=256),
-    GluonWsConfig(2, "paired", key_rows=256), GluonWsConfig(3, "paired", key_rows=256),
-    GluonWsConfig(2, "paired", True, 256),
     GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"), GluonWsConfig(3, "overlap", True))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]  # the fastest measured
 
@@ -401,7 +428,7 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     kernel. Hopper only: Gluon has no CPU interpreter."""
     from .attention_fp8_quant import logical_strides
 
-    qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.query_rows, config.key_rows)
+    qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.query_rows, config.key_rows, v_mma_order=True)
     grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),

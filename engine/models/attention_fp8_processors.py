@@ -20,8 +20,8 @@ smoothing, attention_fp8_cudnn.py; on an H100 5 % slower than the kernel and les
 accurate, so not `auto`'s choice), 'gluon' (the same arithmetic as 'triton' in Gluon, MMAs left in flight
 through the softmax, attention_fp8_gluon.py; as accurate, measured slower), 'gluon-ws' (the same arithmetic
 warp-specialized, FlashAttention-3's loader warp and two consumer warpgroups taking turns at the tensor cores,
-attention_fp8_gluon_ws.py; as accurate, on an H100 6 % faster than 'triton' at Wan 720p, as fast at 480p and
-slower at LTX's length) or 'reference' (the PyTorch twin of our kernel's quantisation scheme: slow, for tests and
+attention_fp8_gluon_ws.py; as accurate, on an H100 6 % faster than 'triton' at Wan 720p, 2 % at 480p and 12 %
+at LTX 13B's length) or 'reference' (the PyTorch twin of our kernel's quantisation scheme: slow, for tests and
 CPU debugging).
 """
 
@@ -37,10 +37,10 @@ from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8
 from .ulysses_exchange import attend_across_ranks, can_exchange
 
 IMPLEMENTATIONS = ("auto", "triton", "cudnn", "gluon", "gluon-ws", "reference")
-# 'auto' takes the warp-specialized kernel for head dim 128 from this many tokens (H100, per layer: Wan 720p,
-# 75,600 tokens, 133.6 ms against the Triton kernel's 141.5; 480p, 32,760 tokens, 26.70 against 26.66; LTX 13B,
-# 11,440 tokens, 3.47 against 3.12)
-WARP_SPECIALIZED_FROM_TOKENS = 32768
+# 'auto' takes the warp-specialized kernel for head dim 128 from this many tokens (H100, 2026-12-07, per layer:
+# Wan 720p, 75,600 tokens, 131.8 ms against the Triton kernel's 140.1; 480p, 32,760 tokens, 26.47 against 26.88;
+# LTX 13B, 11,440 tokens, 3.00 against 3.43; shorter sequences not measured)
+WARP_SPECIALIZED_FROM_TOKENS = 8192
 WARP_SPECIALIZED_HEAD_DIM = 128
 
 

@@ -8,7 +8,8 @@ Two passes over the inputs, both memory-bound:
 2. `_quantise_qkv_kernel`: Q and smoothed K to INT8 / FP8 with one scale per token group, smoothed V to FP8
    with its per-channel scale, written to padded head-major buffers the attention kernel reads without masks:
    Q and K as [B*H, S_pad, D], V transposed as [B*H, D, S_pad] (the P.V product on Hopper wants V's
-   token axis contiguous), padding rows zero.
+   token axis contiguous), padding rows zero. Optionally V's tokens in the warpgroup MMA's key order
+   (`v_mma_order`, below), for the warp-specialized Gluon kernel.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class QuantisedQKV:
     q_group: int
     k_group: int
     qk_dtype: str
+    v_mma_order: bool = False  # v_t's tokens in mma_key_positions' order
 
 
 def kernels_interpreted() -> bool:
@@ -91,6 +93,24 @@ def to_e4m3(x, ROUND_FIRST: tl.constexpr):
 
 
 @triton.jit
+def _mma_key_position(keys):
+    """Where key `keys` sits in V^T written in the warpgroup MMA's key order (see mma_key_positions)."""
+    return keys - (keys & 15) + 4 * ((keys >> 1) & 3) + 2 * ((keys >> 3) & 1) + (keys & 1)
+
+
+def mma_key_positions(tokens: int) -> torch.Tensor:
+    """Position of each key in V^T written in the warpgroup MMA's key order (`quantise_qkv(v_mma_order=True)`).
+
+    Within every 16 keys, key 8h + 2c + j (h, j in 0..1, c in 0..3) moves to 4c + 2h + j. Why: a thread's share
+    of the Q.K^T accumulator holds keys 2c, 2c+1, 8+2c, 9+2c of each 16 (c: its lane within its quad), and an e4m3
+    P.V MMA reads P from registers four consecutive keys at a time, keys 4c..4c+3. With V's keys in this order
+    the thread's P values are already its share of the MMA's operand, so P needs no shuffle between threads
+    (FlashAttention-3 permutes V for FP8 likewise). Same positions as _mma_key_position."""
+    keys = torch.arange(tokens)
+    return keys - (keys & 15) + 4 * ((keys >> 1) & 3) + 2 * ((keys >> 3) & 1) + (keys & 1)
+
+
+@triton.jit
 def _column_stats_kernel(k_ptr, v_ptr, k_sums_ptr, v_sums_ptr, v_max_ptr, v_min_ptr, S, H, n_chunks,
                             skb, skh, sks, skd, svb, svh, svs, svd,
                             CHUNK: tl.constexpr, D: tl.constexpr):
@@ -130,7 +150,8 @@ def _quantise_qkv_kernel(q_ptr, k_ptr, v_ptr, k_mean_ptr, v_means_ptr, v_scales_
                          S, S_pad, H, score_scale,
                          sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
                          CHUNK: tl.constexpr, D: tl.constexpr, Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr,
-                         QK_INT8: tl.constexpr, QK_TOP: tl.constexpr, ROUND_FIRST: tl.constexpr):
+                         QK_INT8: tl.constexpr, QK_TOP: tl.constexpr, ROUND_FIRST: tl.constexpr,
+                         V_MMA_ORDER: tl.constexpr):
     chunk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -158,13 +179,16 @@ def _quantise_qkv_kernel(q_ptr, k_ptr, v_ptr, k_mean_ptr, v_means_ptr, v_scales_
     v_scales = tl.load(v_scales_ptr + bh * D + cols)
     v_means = tl.load(v_means_ptr + bh * D + cols)
     v_values = to_e4m3(tl.where(valid, v.to(tl.float32) - v_means[None, :], 0.0) / v_scales[None, :], ROUND_FIRST)
-    tl.store(v_out_ptr + bh * D * S_pad + cols[None, :] * S_pad + rows[:, None], v_values)
+    v_keys = _mma_key_position(rows) if V_MMA_ORDER else rows  # a permutation within each 16 (PAD's multiple)
+    tl.store(v_out_ptr + bh * D * S_pad + cols[None, :] * S_pad + v_keys[:, None], v_values)
 
 
 def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bshd", *,
                  qk_dtype: str = "int8", q_group: int = Q_GROUP, k_group: int = K_GROUP,
-                 sm_scale: float | None = None) -> QuantisedQKV:
-    """Quantise q, k, v ([B, S, H, D] for 'bshd' or [B, H, S, D] for 'bhsd') for the attention kernel."""
+                 sm_scale: float | None = None, v_mma_order: bool = False) -> QuantisedQKV:
+    """Quantise q, k, v ([B, S, H, D] for 'bshd' or [B, H, S, D] for 'bhsd') for the attention kernel.
+    v_mma_order: V^T's tokens in the warpgroup MMA's key order (mma_key_positions), for kernels that feed the
+    Q.K^T accumulator's P to the P.V MMA as it lies in registers."""
     check_inputs(q, k, v, layout, qk_dtype, q_group, k_group)
     if layout == "bshd":
         batch, tokens, heads, dim = q.shape
@@ -199,9 +223,9 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str 
         tokens, padded, heads, score_scale, *strides,
         CHUNK=chunk, D=dim, Q_GROUP=q_group, K_GROUP=k_group, QK_INT8=qk_dtype == "int8",
         QK_TOP=INT8_MAX if qk_dtype == "int8" else FP8_MAX, ROUND_FIRST=kernels_interpreted(),
-        num_warps=4 * chunk // CHUNK)
+        V_MMA_ORDER=v_mma_order, num_warps=4 * chunk // CHUNK)
     return QuantisedQKV(q=q_out, k=k_out, v_t=v_out, q_scales=q_scales, k_scales=k_scales, v_scales=v_scales,
                         v_means=v_means,
                         batch=batch, heads=heads, tokens=tokens, padded=padded, q_group=q_group,
-                        k_group=k_group, qk_dtype=qk_dtype)
+                        k_group=k_group, qk_dtype=qk_dtype, v_mma_order=v_mma_order)
 
