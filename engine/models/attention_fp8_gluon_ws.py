@@ -114,13 +114,13 @@ def _issue_pv(p, acc, v_smem, v_ready, j, STAGES: gl.constexpr):
 
 
 @gluon.jit
-def _in_mma_key_order(p8):
+def _in_mma_key_order(p):
     """P's columns reordered as V's keys are (attention_fp8_quant.mma_key_positions): within each 16 keys, key
     8h + 2c + j goes to 4c + 2h + j. Each thread keeps exactly its own values, so the e4m3 P.V MMA takes P as it
     lies in registers (no shuffle between threads; compiling asserts the conversion is trivial)."""
-    ROWS: gl.constexpr = p8.shape[0]
-    KEYS: gl.constexpr = p8.shape[1]
-    grouped = gl.reshape(p8, [ROWS, KEYS // 16, 2, 4, 2])  # [row, 16 keys, h, c, j]
+    ROWS: gl.constexpr = p.shape[0]
+    KEYS: gl.constexpr = p.shape[1]
+    grouped = gl.reshape(p, [ROWS, KEYS // 16, 2, 4, 2])  # [row, 16 keys, h, c, j]
     return gl.reshape(gl.permute(grouped, (0, 1, 3, 2, 4)), [ROWS, KEYS])
 
 
@@ -129,7 +129,7 @@ def _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout: gl.co
                      KEY_ROWS: gl.constexpr, MASK: gl.constexpr):
     """Block j's P (e4m3, as the P.V MMA's register operand), and acc rescaled to the new row maxima."""
     p, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, j * KEY_ROWS, S,
-                                          gl.SliceLayout(0, s_layout), KEY_ROWS, MASK, False)
+                                          gl.SliceLayout(0, s_layout), KEY_ROWS, MASK, E4M3=False)
     acc = _rescaled(acc, alpha, o_layout)
     return _as_operand(p, o_layout), acc, row_max, row_sum
 
