@@ -90,6 +90,12 @@ def _take_turn(turns, t, WG: gl.constexpr):
 
 
 @gluon.jit
+def _pass_turn(turns, WG: gl.constexpr):
+    """Consumer WG's turn at the tensor cores done: the other consumer's begins."""
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+
+
+@gluon.jit
 def _release_k(k_empty, j, STAGES: gl.constexpr, SLOT_RELEASE: gl.constexpr):
     """Block j's K read: its slot's K freed for the loader (with SLOT_RELEASE, the slot is freed once, with V)."""
     if not SLOT_RELEASE:
@@ -162,7 +168,7 @@ def _consume_block(j, acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_
     s = warpgroup_mma_wait(0, deps=(s, ))
     _release_k(k_empty, j, STAGES, SLOT_RELEASE)
     if SCORE_TURNS:
-        mbarrier.arrive(turns.index(1 - WG), count=1)
+        _pass_turn(turns, WG)
     p, acc, row_max, row_sum = _softmax_rescale(s, acc, row_max, row_sum, row_factor, j, S, s_layout, o_layout,
                                                 KEY_ROWS, MASK)
     acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
@@ -178,7 +184,7 @@ def _first_scores(q_tile, k_smem, k_ready, k_empty, turns, q_scales, k_scales_ba
     (each block's K scale loads while MMAs run)."""
     _take_turn(turns, 0, WG)
     s = _issue_scores(q_tile, k_smem, k_ready, 0, STAGES, s_layout, k_smem.shape[1])
-    mbarrier.arrive(turns.index(1 - WG), count=1)
+    _pass_turn(turns, WG)
     row_factor = _row_factor(q_scales, k_scales_base, 0, K_GROUP)
     s = warpgroup_mma_wait(0, deps=(s, ))
     _release_k(k_empty, 0, STAGES, SLOT_RELEASE)
@@ -191,7 +197,7 @@ def _last_pv(p, acc, v_smem, v_ready, v_empty, turns, blocks, STAGES: gl.constex
     for, and its slot released."""
     _take_turn(turns, blocks, WG)
     acc = _issue_pv(p, acc, v_smem, v_ready, blocks - 1, STAGES)
-    mbarrier.arrive(turns.index(1 - WG), count=1)
+    _pass_turn(turns, WG)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
     return acc
@@ -213,7 +219,7 @@ def _attend_paired(acc, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_rea
         _take_turn(turns, j + 1, WG)
         s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
         acc = _issue_pv(p, acc, v_smem, v_ready, j, STAGES)
-        mbarrier.arrive(turns.index(1 - WG), count=1)
+        _pass_turn(turns, WG)
         row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
         s, acc = warpgroup_mma_wait(0, deps=(s, acc))
         _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)
@@ -237,7 +243,7 @@ def _overlapped_step(j, acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, 
     _take_turn(turns, j + 1, WG)
     s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
     acc = _issue_pv(p_tiles.index(j % 2), acc, v_smem, v_ready, j, STAGES)
-    mbarrier.arrive(turns.index(1 - WG), count=1)
+    _pass_turn(turns, WG)
     row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
     s = warpgroup_mma_wait(1, deps=(s, ))  # the scores only: P[j].V[j] runs on through the softmax
     _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)

@@ -105,9 +105,8 @@ def mma_key_positions(tokens: int) -> torch.Tensor:
     of the Q.K^T accumulator holds keys 2c, 2c+1, 8+2c, 9+2c of each 16 (c: its lane within its quad), and an e4m3
     P.V MMA reads P from registers four consecutive keys at a time, keys 4c..4c+3. With V's keys in this order
     the thread's P values are already its share of the MMA's operand, so P needs no shuffle between threads
-    (FlashAttention-3 permutes V for FP8 likewise). Same positions as _mma_key_position."""
-    keys = torch.arange(tokens)
-    return keys - (keys & 15) + 4 * ((keys >> 1) & 3) + 2 * ((keys >> 3) & 1) + (keys & 1)
+    (FlashAttention-3 permutes V for FP8 likewise)."""
+    return _mma_key_position.fn(torch.arange(tokens))  # the quantiser's own formula (its Python body) on a tensor
 
 
 @triton.jit
