@@ -106,6 +106,8 @@ def sass_profile(cubin: bytes) -> dict | None:
                 # Q.K^T before the softmax; the Gluon kernel leaves the next block's in flight through it (ptxas
                 # adds a wait after every MMA wherever it cannot prove that safe)
                 "mma_waits": sum(op.startswith("WARPGROUP.DEPBAR") for op in loop),
+                # spilled registers reloaded or stored inside the loop (a spill outside it costs once per program)
+                "local_memory_ops": counts["LDL"] + counts["STL"],
                 "exp2_during_mma": overlapped}
             break
     return profile

@@ -61,9 +61,9 @@ def _row_factor(q_scales, k_scales_base, start_n, K_GROUP: gl.constexpr):
 
 @gluon.jit
 def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.constexpr, BLOCK_N: gl.constexpr,
-             MASK: gl.constexpr, E4M3: gl.constexpr = True):
-    """P in e4m3 (times 448; fp32 unless E4M3) of one block's INT8 scores, the new row maxima and sums, and the
-    factor acc needs."""
+             MASK: gl.constexpr, E4M3: gl.constexpr = True, ROW_SUM: gl.constexpr = True):
+    """P in e4m3 (times 448; fp32 unless E4M3) of one block's INT8 scores, the new row maxima and sums (unless
+    ROW_SUM is off: the caller sums P on the tensor cores), and the factor acc needs."""
     qk = (s_int + INT_AS_FLOAT_BITS).to(gl.float32, bitcast=True)  # = INT_AS_FLOAT_OFFSET + integer score
     if MASK:
         cols = start_n + gl.arange(0, BLOCK_N, col_layout)
@@ -72,7 +72,8 @@ def _softmax(s_int, row_max, row_sum, row_factor, start_n, S, col_layout: gl.con
     alpha = gl.exp2(row_max - new_max)
     shift = INT_AS_FLOAT_OFFSET * row_factor + new_max - LOG2_FP8_MAX
     p = gl.exp2(qk * gl.expand_dims(row_factor, 1) - gl.expand_dims(shift, 1))
-    row_sum = row_sum * alpha + gl.sum(p, 1)
+    if ROW_SUM:
+        row_sum = row_sum * alpha + gl.sum(p, 1)
     if E4M3:
         p = p.to(gl.float8e4nv)
     return p, new_max, row_sum, alpha

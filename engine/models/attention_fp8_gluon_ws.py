@@ -42,11 +42,12 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
+                                                                       warpgroup_mma_wait)
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import (BLOCK_N, _keep_p, _rescaled, _row_factor, _softmax, _store_output, _tma_load,
-                                  gluon_unavailable, quantised_inputs)
+from .attention_fp8_gluon import (BLOCK_N, _keep_p, _rescaled, _row_factor, _softmax, _store_output, _thread_barrier,
+                                  _tma_load, gluon_unavailable, quantised_inputs)
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
 BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
@@ -56,6 +57,8 @@ LAUNCH_REGISTERS = 168
 CONSUMER_REGISTERS = gl.constexpr(240)
 LOADER_REGISTERS = gl.constexpr(24)
 FIRST_CONSUMER, SECOND_CONSUMER = gl.constexpr(0), gl.constexpr(1)
+SUM_COLUMNS = gl.constexpr(8)  # the row sums' MMA (GluonWsConfig.mma_sums): P times a KEY_ROWS x 8 tile of ones
+SUMS_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 32]))
 
 
 @gluon.jit
@@ -282,10 +285,100 @@ def _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, p_tiles, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
+def _issue_row_sums(p, ones):
+    """P.ones: P's row sums of one key block on the tensor cores, in a 64 x 8 accumulator whose every column holds
+    them (in flight: the caller waits). One block at a time: added to the running sums in fp32, since an e4m3 MMA
+    accumulates with ~14 bits and the sums only grow."""
+    p = gl.convert_layout(p, gl.DotOperandLayout(operand_index=0, parent=SUMS_LAYOUT, k_width=4), assert_trivial=True)
+    zero = gl.zeros([CONSUMER_ROWS, SUM_COLUMNS], gl.float32, SUMS_LAYOUT)
+    return warpgroup_mma(p, ones.permute((1, 0)), zero, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _overlapped_step_in_registers(j, p, alpha, acc, sums, ones, row_max, row_sum, q_tile, k_smem, v_smem, k_ready,
+                                  v_ready, k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP: gl.constexpr,
+                                  STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr,
+                                  WG: gl.constexpr, SLOT_RELEASE: gl.constexpr, MMA_SUMS: gl.constexpr,
+                                  MASK: gl.constexpr):
+    """_overlapped_step with P in registers (V's keys in the MMA's order make P its operand without moving data).
+    On entry it is this consumer's turn, P[j] (fp32) and its alpha are in registers, acc is not in flight: acc
+    rescaled, Q.K[j+1]^T and P[j].V[j] issued together, block j+1's softmax while P[j].V[j] runs, then the next
+    turn taken before P[j].V[j] is waited for: the turn's wait is a loop, so ptxas cannot hoist the MMA wait above
+    the softmax's exp2s (it does when the two are in one basic block). MMA_SUMS: P's row sums accumulate on the
+    tensor cores (_issue_row_sums), added to `sums` (rescaled with acc), instead of by 64 adds per thread."""
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
+    acc = _rescaled(acc, alpha, o_layout)
+    if MMA_SUMS:
+        sums = _rescaled(sums, alpha, SUMS_LAYOUT)
+    s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
+    p8 = _as_operand(p, o_layout)
+    acc = _issue_pv(p8, acc, v_smem, v_ready, j, STAGES)
+    if MMA_SUMS:
+        block_sums = _issue_row_sums(p8, ones)
+    _pass_turn(turns, WG)
+    row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
+    # the scores only: P[j].V[j] (and P[j]'s sums) run on through the softmax
+    s = warpgroup_mma_wait(2 if MMA_SUMS else 1, deps=(s, ))
+    _release_k(k_empty, j + 1, STAGES, SLOT_RELEASE)
+    p, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, (j + 1) * KEY_ROWS, S,
+                                          gl.SliceLayout(0, s_layout), KEY_ROWS, MASK, E4M3=False,
+                                          ROW_SUM=not MMA_SUMS)
+    _take_turn(turns, j + 2, WG)
+    if MMA_SUMS:
+        acc, block_sums = warpgroup_mma_wait(0, deps=(acc, block_sums))
+        sums = sums + block_sums
+    else:
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index(j % STAGES), count=1)
+    return p, alpha, acc, sums, row_max, row_sum
+
+
+@gluon.jit
+def _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty,
+                                    v_empty, turns, q_scales, k_scales_base, S, blocks, K_GROUP: gl.constexpr,
+                                    STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr,
+                                    WG: gl.constexpr, SLOT_RELEASE: gl.constexpr, MMA_SUMS: gl.constexpr):
+    """_attend_overlapped with P in registers (_overlapped_step_in_registers)."""
+    KEY_ROWS: gl.constexpr = k_smem.shape[1]
+    sums = gl.zeros([CONSUMER_ROWS, SUM_COLUMNS], gl.float32, SUMS_LAYOUT)
+    s, row_factor = _first_scores(q_tile, k_smem, k_ready, k_empty, turns, q_scales, k_scales_base, K_GROUP, STAGES,
+                                  s_layout, WG, SLOT_RELEASE)
+    # block 0's softmax, masked: it may be the only block (acc is still zero: its rescale by alpha keeps it zero)
+    p, row_max, row_sum, alpha = _softmax(s, row_max, row_sum, row_factor, 0, S, gl.SliceLayout(0, s_layout),
+                                          KEY_ROWS, True, E4M3=False, ROW_SUM=not MMA_SUMS)
+    _take_turn(turns, 1, WG)
+    for j in range(0, blocks - 2):
+        p, alpha, acc, sums, row_max, row_sum = _overlapped_step_in_registers(
+            j, p, alpha, acc, sums, ones, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty,
+            v_empty, turns, q_scales, k_scales_base, S, K_GROUP, STAGES, s_layout, o_layout, WG, SLOT_RELEASE,
+            MMA_SUMS, False)
+    if blocks > 1:  # the last block's softmax, masked where the sequence ends inside it
+        p, alpha, acc, sums, row_max, row_sum = _overlapped_step_in_registers(
+            blocks - 2, p, alpha, acc, sums, ones, row_max, row_sum, q_tile, k_smem, v_smem, k_ready, v_ready,
+            k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP, STAGES, s_layout, o_layout, WG,
+            SLOT_RELEASE, MMA_SUMS, True)
+    # this consumer's last turn is taken: the last block's P.V
+    p8 = _as_operand(p, o_layout)
+    acc = _issue_pv(p8, _rescaled(acc, alpha, o_layout), v_smem, v_ready, blocks - 1, STAGES)
+    if MMA_SUMS:
+        block_sums = _issue_row_sums(p8, ones)
+    _pass_turn(turns, WG)
+    if MMA_SUMS:
+        acc, block_sums = warpgroup_mma_wait(0, deps=(acc, block_sums))
+        sums = _rescaled(sums, alpha, SUMS_LAYOUT) + block_sums
+        row_sum = gl.convert_layout(gl.max(sums, 1), row_sum.type.layout)  # every column holds the sums
+    else:
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
+    return acc, row_max, row_sum
+
+
+@gluon.jit
+def _consumer(q_smem, k_smem, v_smem, p_tiles, ones, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
               k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row, blocks,
               Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr, STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr,
-              PAIRED_TURNS: gl.constexpr, OVERLAP: gl.constexpr, SLOT_RELEASE: gl.constexpr, WG: gl.constexpr):
+              PAIRED_TURNS: gl.constexpr, OVERLAP: gl.constexpr, OVERLAP_REGS: gl.constexpr,
+              SLOT_RELEASE: gl.constexpr, MMA_SUMS: gl.constexpr, WG: gl.constexpr):
     """Consumer WG's 64 query rows (first_row + 64 * WG ...) against every key block; writes their output."""
     D: gl.constexpr = q_smem.shape[2]
     KEY_ROWS: gl.constexpr = k_smem.shape[1]
@@ -303,7 +396,17 @@ def _consumer(q_smem, k_smem, v_smem, p_tiles, q_bars, k_ready, v_ready, k_empty
     acc = gl.zeros([CONSUMER_ROWS, D], gl.float32, o_layout)
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
-    if OVERLAP:
+    if OVERLAP_REGS:
+        if MMA_SUMS:  # P's row sums on the tensor cores: P times a tile of ones
+            ones.store(gl.full([SUM_COLUMNS, KEY_ROWS], 1.0, gl.float32,
+                               gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])).to(gl.float8e4nv))
+            fence_async_shared()  # the MMA reads it through the async proxy
+            _thread_barrier()     # every warp's part written
+        acc, row_max, row_sum = _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem, v_smem,
+                                                                k_ready, v_ready, k_empty, v_empty, turns, q_scales,
+                                                                k_scales_base, S, blocks, K_GROUP, STAGES, s_layout,
+                                                                o_layout, WG, SLOT_RELEASE, MMA_SUMS)
+    elif OVERLAP:
         acc, row_max, row_sum = _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem,
                                                    k_ready, v_ready, k_empty, v_empty, turns, q_scales,
                                                    k_scales_base, S, blocks, K_GROUP, STAGES, s_layout, o_layout, WG,
@@ -330,7 +433,8 @@ def _consumer(q_smem, k_smem, v_smem, p_tiles, q_bars, k_ready, v_ready, k_empty
 def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
                              STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr, PAIRED_TURNS: gl.constexpr,
-                             OVERLAP: gl.constexpr, SLOT_RELEASE: gl.constexpr):
+                             OVERLAP: gl.constexpr, OVERLAP_REGS: gl.constexpr, SLOT_RELEASE: gl.constexpr,
+                             MMA_SUMS: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
     first_row = gl.program_id(0) * BLOCK_M
@@ -347,6 +451,10 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([CONSUMER_ROWS, KEY_ROWS], gl.float8e4nv)
     p_first = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
     p_second = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
+    # each consumer's tile of ones, 8 x KEY_ROWS (MMA_SUMS only: P times it gives P's row sums)
+    ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUM_COLUMNS, KEY_ROWS], gl.float8e4nv)
+    ones_first = gl.allocate_shared_memory(gl.float8e4nv, [SUM_COLUMNS, KEY_ROWS], ones_layout)
+    ones_second = gl.allocate_shared_memory(gl.float8e4nv, [SUM_COLUMNS, KEY_ROWS], ones_layout)
     q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -363,14 +471,14 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
         mbarrier.init(v_empty.index(i), count=2)
 
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, p_first, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
-                     k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP, SLOT_RELEASE,
-                     FIRST_CONSUMER)),
-        (_consumer, (q_smem, k_smem, v_smem, p_second, q_bars, k_ready, v_ready, k_empty, v_empty, turns, q_scales_ptr,
-                     k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod, bh, first_row,
-                     blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP, SLOT_RELEASE,
-                     SECOND_CONSUMER)),
+        (_consumer, (q_smem, k_smem, v_smem, p_first, ones_first, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                     q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod,
+                     bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                     OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, FIRST_CONSUMER)),
+        (_consumer, (q_smem, k_smem, v_smem, p_second, ones_second, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                     q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod,
+                     bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                     OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, SECOND_CONSUMER)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
                    k_row, v_row, blocks, STAGES, SLOT_RELEASE)),
     ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
@@ -389,7 +497,9 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
 class GluonWsConfig:
     """K/V ring slots, and how the consumers share the tensor cores: 'free' (no coordination), 'scores' (they take
     turns at Q.K^T), 'paired' (they take turns at Q.K[j+1]^T and P[j].V[j] issued together), 'overlap' ('paired',
-    and each consumer's softmax of block j+1 runs while its P[j].V[j] does, P through shared memory). slot_release: each
+    and each consumer's softmax of block j+1 runs while its P[j].V[j] does, P through shared memory), 'overlap-regs'
+    (the same with P in registers, _overlapped_step_in_registers). mma_sums ('overlap-regs' only): P's row sums
+    on the tensor cores (P times a tile of ones) instead of 64 adds per thread and block. slot_release: each
     consumer frees a slot's K and V with one arrive once it has read V (one barrier of its 4 warps per key block
     fewer; the loader refills K a little later). key_rows: keys per block, 128 or 256 (FlashAttention-3 takes 224
     for FP8 at head dim 128: fewer blocks, so fewer rescales of acc, barriers and turns per key; 256 quantises K
@@ -398,11 +508,13 @@ class GluonWsConfig:
     turns: str = "free"
     slot_release: bool = False
     key_rows: int = BLOCK_N
+    mma_sums: bool = False
 
     @property
     def name(self) -> str:
         return (f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
-                + ("-slot" if self.slot_release else "") + ("" if self.key_rows == BLOCK_N else f"-n{self.key_rows}"))
+                + ("-slot" if self.slot_release else "") + ("" if self.key_rows == BLOCK_N else f"-n{self.key_rows}")
+                + ("-msum" if self.mma_sums else ""))
 
     @property
     def query_rows(self) -> int:
@@ -412,7 +524,8 @@ class GluonWsConfig:
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired",
-                "OVERLAP": self.turns == "overlap", "SLOT_RELEASE": self.slot_release}
+                "OVERLAP": self.turns == "overlap", "OVERLAP_REGS": self.turns == "overlap-regs",
+                "SLOT_RELEASE": self.slot_release, "MMA_SUMS": self.mma_sums}
 
     @staticmethod
     def launch_options() -> dict:
@@ -425,7 +538,9 @@ GLUON_WS_CONFIGS = {c.name: c for c in (
     GluonWsConfig(2, "paired"), GluonWsConfig(3, "paired"), GluonWsConfig(4, "paired"),
     GluonWsConfig(3, "scores", True), GluonWsConfig(3, "paired", True), GluonWsConfig(4, "paired", True),
     GluonWsConfig(2, "scores", key_rows=256), GluonWsConfig(3, "scores", key_rows=256),
-    GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"), GluonWsConfig(3, "overlap", True))}
+    GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"), GluonWsConfig(3, "overlap", True),
+    GluonWsConfig(2, "overlap-regs"), GluonWsConfig(3, "overlap-regs"), GluonWsConfig(3, "overlap-regs", True),
+    GluonWsConfig(3, "overlap-regs", mma_sums=True), GluonWsConfig(2, "overlap-regs", mma_sums=True))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]  # the fastest measured
 
 
