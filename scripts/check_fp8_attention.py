@@ -353,9 +353,9 @@ def main(argv=None) -> int:
     parser.add_argument("--autotune", action="store_true", help="also run config 'autotune' (Triton times all)")
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
     parser.add_argument("--ws-configs", nargs="*",
-                        default=["s3-paired", "s3-paired-slot"],
+                        default=["s3-paired", "s3-overlap-regs", "s3-overlap-regs-msum"],
                         help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py; "
-                             "default: the default one and its one-release-per-slot twin, the others measured slower)")
+                             "default: the default one and the two not yet timed; the others measured slower)")
     parser.add_argument("--kernels-only", action="store_true",
                         help="only --configs and --ws-configs (no SDPA, GluonConfig or cuDNN FP8 rows)")
     parser.add_argument("--batch", type=int, default=1)

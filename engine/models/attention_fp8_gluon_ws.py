@@ -15,7 +15,18 @@ How the consumers share the tensor cores (GluonWsConfig.turns): 'free' leaves it
 'scores' makes them take turns at Q.K^T (two mbarriers pass the turn); 'paired' makes each issue Q.K[j+1]^T and
 P[j].V[j] together in its turn after its softmax of block j (FlashAttention-3's ping-pong: one consumer's MMAs
 run while the other computes its softmax); 'overlap' adds FlashAttention-3's overlap inside the warpgroup (its
-softmax of block j+1 runs while its own P[j].V[j] does; P through shared memory).
+softmax of block j+1 runs while its own P[j].V[j] does; P through shared memory); 'overlap-regs' the same with
+P left in registers, and '-msum' adds P's row sums taken on the tensor cores. Those two exist for the limit the
+profile below shows: under 'paired' each consumer waits for both its MMAs (~512 tensor-core cycles per key block)
+before its softmax, whose 64 exp2 per thread alone take another ~512 cycles of the exp2 unit, so a consumer's
+block cannot take less than ~1,024 cycles and the tensor cores stay about half idle; with the softmax running
+under the consumer's own P.V, the bound is the tensor cores' and the exp2 unit's shared ~1,024 cycles per pair
+of blocks. ptxas hoists an MMA wait above any instruction that does not depend on it, so the wait for P.V sits
+after the wait for the next turn (a loop: another basic block); in one basic block with the softmax it lands
+before the first exp2 (seen in the compiled code; in 'overlap' the P stores and their fence keep it after the
+softmax, and that mode still measured slower than 'paired', below). Not yet timed on a GPU (session 12 got
+none); compiled for sm_90: 540 (overlap-regs) and 485 (-msum) instructions per key block against 524, every
+exp2 issued while an MMA runs, no spill in the main loop.
 
 Measured on an H100 (2026-12-07 22:56 UTC, per layer, scripts/check_fp8_attention.py; the Triton kernel's default
 in the same run 140.1 ms at Wan 720p, 26.88 at 480p, 3.43 for LTX 13B), all exactly the Triton kernel's accuracy
