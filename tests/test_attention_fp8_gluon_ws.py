@@ -66,3 +66,14 @@ def test_warp_specialized_kernel_compiles_for_hopper_with_its_partitions(tmp_pat
     # the Triton kernel it is measured against: 4 warps a program, no reallocation
     triton_row = rows[("m64n128w4s3-fastacc-tma", 128)]
     assert triton_row["warps"] == 4 and triton_row["register_reallocations"] == []
+
+
+def test_row_sums_on_the_tensor_cores_are_a_mode_of_the_register_overlap_only():
+    from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS, GluonWsConfig
+
+    summed = GluonWsConfig(3, "overlap-regs", mma_sums=True)
+    assert summed.name == "s3-overlap-regs-msum" and GLUON_WS_CONFIGS[summed.name] == summed
+    assert summed.kernel_constants()["MMA_SUMS"] and summed.kernel_constants()["OVERLAP_REGS"]
+    assert not GLUON_WS_CONFIGS["s3-paired"].kernel_constants()["MMA_SUMS"]
+    with pytest.raises(ValueError, match="overlap-regs"):
+        GluonWsConfig(3, "paired", mma_sums=True)

@@ -521,6 +521,11 @@ class GluonWsConfig:
     key_rows: int = BLOCK_N
     mma_sums: bool = False
 
+    def __post_init__(self):
+        if self.mma_sums and self.turns != "overlap-regs":
+            raise ValueError(f"mma_sums needs turns 'overlap-regs' (got {self.turns!r}): only that mode takes P's row "
+                             "sums on the tensor cores")
+
     @property
     def name(self) -> str:
         return (f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
