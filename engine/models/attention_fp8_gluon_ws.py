@@ -53,11 +53,10 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                                       warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .attention_custom_op import attention_custom_op
-from .attention_fp8_gluon import (BLOCK_N, _keep_p, _rescaled, _row_factor, _softmax, _store_output, _thread_barrier,
+from .attention_fp8_gluon import (BLOCK_N, _keep_p, _rescaled, _row_factor, _softmax, _store_for_mma, _store_output,
                                   _tma_load, gluon_unavailable, quantised_inputs)
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
@@ -69,7 +68,8 @@ CONSUMER_REGISTERS = gl.constexpr(240)
 LOADER_REGISTERS = gl.constexpr(24)
 FIRST_CONSUMER, SECOND_CONSUMER = gl.constexpr(0), gl.constexpr(1)
 SUM_COLUMNS = gl.constexpr(8)  # the row sums' MMA (GluonWsConfig.mma_sums): P times a KEY_ROWS x 8 tile of ones
-SUMS_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 32]))
+SUMS_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, SUM_COLUMNS.value, 32]))
 
 
 @gluon.jit
@@ -296,13 +296,28 @@ def _attend_overlapped(acc, row_max, row_sum, q_tile, p_tiles, k_smem, v_smem, k
 
 
 @gluon.jit
-def _issue_row_sums(p, ones):
-    """P.ones: P's row sums of one key block on the tensor cores, in a 64 x 8 accumulator whose every column holds
-    them (in flight: the caller waits). One block at a time: added to the running sums in fp32, since an e4m3 MMA
-    accumulates with ~14 bits and the sums only grow."""
-    p = gl.convert_layout(p, gl.DotOperandLayout(operand_index=0, parent=SUMS_LAYOUT, k_width=4), assert_trivial=True)
-    zero = gl.zeros([CONSUMER_ROWS, SUM_COLUMNS], gl.float32, SUMS_LAYOUT)
-    return warpgroup_mma(p, ones.permute((1, 0)), zero, use_acc=False, is_async=True)
+def _issue_row_sums(p, sums, ones, MMA_SUMS: gl.constexpr):
+    """With MMA_SUMS, P.ones: P's row sums of one key block on the tensor cores, in a 64 x 8 accumulator whose
+    every column holds them (in flight: _pv_landed waits). One block at a time: added to the running sums in fp32,
+    since an e4m3 MMA accumulates with ~14 bits and the sums only grow. Without, nothing is issued (sums back)."""
+    block_sums = sums
+    if MMA_SUMS:
+        p = gl.convert_layout(p, gl.DotOperandLayout(operand_index=0, parent=SUMS_LAYOUT, k_width=4),
+                              assert_trivial=True)
+        zero = gl.zeros([CONSUMER_ROWS, SUM_COLUMNS], gl.float32, SUMS_LAYOUT)
+        block_sums = warpgroup_mma(p, ones.permute((1, 0)), zero, use_acc=False, is_async=True)
+    return block_sums
+
+
+@gluon.jit
+def _pv_landed(acc, sums, block_sums, MMA_SUMS: gl.constexpr):
+    """acc once P.V is done, and with MMA_SUMS the running row sums with this block's (_issue_row_sums) added."""
+    if MMA_SUMS:
+        acc, block_sums = warpgroup_mma_wait(0, deps=(acc, block_sums))
+        sums = sums + block_sums
+    else:
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+    return acc, sums
 
 
 @gluon.jit
@@ -324,8 +339,7 @@ def _overlapped_step_in_registers(j, p, alpha, acc, sums, ones, row_max, row_sum
     s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
     p8 = _as_operand(p, o_layout)
     acc = _issue_pv(p8, acc, v_smem, v_ready, j, STAGES)
-    if MMA_SUMS:
-        block_sums = _issue_row_sums(p8, ones)
+    block_sums = _issue_row_sums(p8, sums, ones, MMA_SUMS)
     _pass_turn(turns, WG)
     row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
     # the scores only: P[j].V[j] (and P[j]'s sums) run on through the softmax
@@ -335,11 +349,7 @@ def _overlapped_step_in_registers(j, p, alpha, acc, sums, ones, row_max, row_sum
                                           gl.SliceLayout(0, s_layout), KEY_ROWS, MASK, E4M3=False,
                                           ROW_SUM=not MMA_SUMS)
     _take_turn(turns, j + 2, WG)
-    if MMA_SUMS:
-        acc, block_sums = warpgroup_mma_wait(0, deps=(acc, block_sums))
-        sums = sums + block_sums
-    else:
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
+    acc, sums = _pv_landed(acc, sums, block_sums, MMA_SUMS)
     mbarrier.arrive(v_empty.index(j % STAGES), count=1)
     return p, alpha, acc, sums, row_max, row_sum
 
@@ -351,7 +361,10 @@ def _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem,
                                     WG: gl.constexpr, SLOT_RELEASE: gl.constexpr, MMA_SUMS: gl.constexpr):
     """_attend_overlapped with P in registers (_overlapped_step_in_registers)."""
     KEY_ROWS: gl.constexpr = k_smem.shape[1]
-    sums = gl.zeros([CONSUMER_ROWS, SUM_COLUMNS], gl.float32, SUMS_LAYOUT)
+    if MMA_SUMS:  # P's row sums on the tensor cores: P times a tile of ones
+        _store_for_mma(gl.full([SUM_COLUMNS, KEY_ROWS], 1.0, gl.float32,
+                               gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])).to(gl.float8e4nv), ones)
+    sums = gl.zeros([CONSUMER_ROWS, SUM_COLUMNS], gl.float32, SUMS_LAYOUT)  # their running total (MMA_SUMS only)
     s, row_factor = _first_scores(q_tile, k_smem, k_ready, k_empty, turns, q_scales, k_scales_base, K_GROUP, STAGES,
                                   s_layout, WG, SLOT_RELEASE)
     # block 0's softmax, masked: it may be the only block (acc is still zero: its rescale by alpha keeps it zero)
@@ -372,14 +385,12 @@ def _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem,
     p8 = _as_operand(p, o_layout)
     acc = _issue_pv(p8, _rescaled(acc, alpha, o_layout), v_smem, v_ready, blocks - 1, STAGES)
     if MMA_SUMS:
-        block_sums = _issue_row_sums(p8, ones)
+        sums = _rescaled(sums, alpha, SUMS_LAYOUT)
+    block_sums = _issue_row_sums(p8, sums, ones, MMA_SUMS)
     _pass_turn(turns, WG)
+    acc, sums = _pv_landed(acc, sums, block_sums, MMA_SUMS)
     if MMA_SUMS:
-        acc, block_sums = warpgroup_mma_wait(0, deps=(acc, block_sums))
-        sums = _rescaled(sums, alpha, SUMS_LAYOUT) + block_sums
         row_sum = gl.convert_layout(gl.max(sums, 1), row_sum.type.layout)  # every column holds the sums
-    else:
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_empty.index((blocks - 1) % STAGES), count=1)
     return acc, row_max, row_sum
 
@@ -408,11 +419,6 @@ def _consumer(q_smem, k_smem, v_smem, p_tiles, ones, q_bars, k_ready, v_ready, k
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
     if OVERLAP_REGS:
-        if MMA_SUMS:  # P's row sums on the tensor cores: P times a tile of ones
-            ones.store(gl.full([SUM_COLUMNS, KEY_ROWS], 1.0, gl.float32,
-                               gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])).to(gl.float8e4nv))
-            fence_async_shared()  # the MMA reads it through the async proxy
-            _thread_barrier()     # every warp's part written
         acc, row_max, row_sum = _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem, v_smem,
                                                                 k_ready, v_ready, k_empty, v_empty, turns, q_scales,
                                                                 k_scales_base, S, blocks, K_GROUP, STAGES, s_layout,
