@@ -5,8 +5,8 @@ experts and the peak GPU memory of one whole clip with both experts resident (no
 It first writes real-size files with random weights in the layout most users have (ComfyUI's
 `wan2.2_t2v_{high,low}_noise_14B_fp8_scaled.safetensors` + `wan_2.1_vae.safetensors`; skipped when present), then:
 1. load: `load_wan_model` (read, convert, apply the precision) and `prepare_for_sampling` (both experts and the
-   VAE onto the GPU), timed apart; the page cache is dropped first where the machine allows it (the output says
-   whether the read was cold or warm);
+   VAE onto the GPU), timed apart; cold (the page cache dropped first where the machine allows it; the output says
+   whether it was) with the files' read-ahead off and on (`--prefetch`), then once more warm;
 2. memory: `sample_wan` with CFG over `--steps` steps (the boundary puts the first step on the high-noise expert
    and the rest on the low-noise one) and the VAE decode, at the given size, with peak allocated and reserved GPU
    memory for the whole clip.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import pathlib
 import sys
 import time
@@ -28,6 +29,7 @@ from pack_import import import_engine_only  # noqa: E402
 
 import_engine_only()
 from bench_models import Workload  # noqa: E402
+from reelsmith.engine.models.file_prefetch import ENVIRONMENT_SWITCH  # noqa: E402
 
 HIGH, LOW, VAE = ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
                   "wan_2.1_vae.safetensors")
@@ -60,8 +62,6 @@ def write_files(folder: pathlib.Path, device) -> None:
 
 def drop_page_cache(folder: pathlib.Path) -> str:
     """'cold' when the kernel dropped its cached copy of the files, else 'warm (...)'."""
-    import os
-
     try:
         os.sync()
         pathlib.Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -76,7 +76,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="720p", choices=["480p", "720p"])
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--loads", type=int, default=2, help="times to load (the first cold where possible)")
+    parser.add_argument("--prefetch", nargs="+", choices=["off", "on"], default=["off", "on"],
+                        help="one cold load for each (where the page cache can be dropped), with the files' read-ahead "
+                             "(engine/models/file_prefetch.py) off or on; then one warm load with it on")
     parser.add_argument("--precision", default="fp8_e4m3fn_fast")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--compile", default="off")
@@ -103,8 +105,10 @@ def main(argv=None) -> int:
                           text_encoder_format=None, tokenizer=None)
     options = WanLoadOptions(precision=args.precision, attention=args.attention, compile=args.compile, offload="none")
     loads = []
-    for attempt in range(args.loads):  # the first read is cold where the cache can be dropped, later ones warm
-        cache = drop_page_cache(args.dir) if attempt == 0 else "warm (read again)"
+    runs = [(prefetch, True) for prefetch in args.prefetch] + [("on", False)]
+    for prefetch, cold in runs:
+        cache = drop_page_cache(args.dir) if cold else "warm (read again)"
+        os.environ[ENVIRONMENT_SWITCH] = "1" if prefetch == "on" else "0"
         model = None
         gc.collect()
         torch.cuda.empty_cache()
@@ -115,9 +119,10 @@ def main(argv=None) -> int:
         model.prepare_for_sampling()
         torch.cuda.synchronize()
         to_gpu_s = time.perf_counter() - started
-        loads.append(dict(page_cache=cache, read_convert_s=round(read_s, 1), to_gpu_s=round(to_gpu_s, 1),
-                          total_s=round(read_s + to_gpu_s, 1)))
-        print(f"# load: read + convert {read_s:.1f} s, to the GPU {to_gpu_s:.1f} s ({cache})", flush=True)
+        loads.append(dict(page_cache=cache, prefetch=prefetch, read_convert_s=round(read_s, 1),
+                          to_gpu_s=round(to_gpu_s, 1), total_s=round(read_s + to_gpu_s, 1)))
+        print(f"# load: read + convert {read_s:.1f} s, to the GPU {to_gpu_s:.1f} s ({cache}, read-ahead {prefetch})",
+              flush=True)
     resident_gib = torch.cuda.memory_allocated() / 2**30
 
     width, height = Workload("wan", "t2v-a14b", args.size, args.frames).pixels

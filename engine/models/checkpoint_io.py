@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointMismatchError, ModelFilesError
+from . import file_prefetch
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -131,9 +132,22 @@ def missing_component_files(folder: pathlib.Path, components, tokenizer_files) -
 
 
 def read_state_dict(path, transform_key: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint (file, shard index or shard folder) on the CPU, memory-mapped where possible."""
+    """All tensors of a checkpoint (file, shard index or shard folder) on the CPU, memory-mapped where possible.
+    The files are read ahead into the page cache in the background (file_prefetch.py): the memory-mapped
+    tensors' bytes are then in memory by the time the conversion or the copy to the GPU touches them."""
+    files = shard_files(pathlib.Path(path))
+    prefetches = file_prefetch.prefetch_files(files)
+    try:
+        return _read_files(files, transform_key)
+    except BaseException:
+        for prefetch in prefetches:
+            prefetch.cancel()
+        raise
+
+
+def _read_files(files: list[pathlib.Path], transform_key: Callable[[str], str] | None) -> dict[str, torch.Tensor]:
     state_dict: dict[str, torch.Tensor] = {}
-    for file in shard_files(pathlib.Path(path)):
+    for file in files:
         if file.suffix in SAFETENSORS_SUFFIXES:
             handle = _open_safetensors(file)
             for key in handle.keys():
