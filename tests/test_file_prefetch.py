@@ -67,6 +67,42 @@ def test_available_memory_is_a_plausible_size():
     assert available is None or 0 < available < 2**50
 
 
+def write_cgroup(root: pathlib.Path, files: dict[str, str]) -> str:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return str(root)
+
+
+def test_container_headroom_is_the_limit_less_anonymous_memory(tmp_path):
+    v2 = write_cgroup(tmp_path / "v2", {"memory.max": "34359738368\n",
+                                        "memory.stat": "anon 4294967296\nfile 9000000000\n"})
+    assert file_prefetch.container_headroom_bytes(v2) == 28 * GIB  # 32 GiB limit, 4 GiB anonymous
+    v1 = write_cgroup(tmp_path / "v1", {"memory/memory.limit_in_bytes": "17179869184\n",
+                                        "memory/memory.stat": "cache 5\nrss 7\ntotal_rss 1073741824\n"})
+    assert file_prefetch.container_headroom_bytes(v1) == 15 * GIB
+    overfull = write_cgroup(tmp_path / "full", {"memory.max": "1000\n", "memory.stat": "anon 5000\n"})
+    assert file_prefetch.container_headroom_bytes(overfull) == 0
+
+
+def test_no_container_limit(tmp_path):
+    assert file_prefetch.container_headroom_bytes(str(tmp_path)) is None  # no cgroup files at all
+    assert file_prefetch.container_headroom_bytes(
+        write_cgroup(tmp_path / "v2", {"memory.max": "max\n", "memory.stat": "anon 1\n"})) is None
+    assert file_prefetch.container_headroom_bytes(
+        write_cgroup(tmp_path / "v1", {"memory/memory.limit_in_bytes": "9223372036854771712\n",
+                                       "memory/memory.stat": "rss 1\n"})) is None
+
+
+@pytest.mark.parametrize("system, container, expected", [
+    (64 * GIB, None, 64 * GIB), (64 * GIB, 20 * GIB, 20 * GIB), (8 * GIB, 20 * GIB, 8 * GIB),
+    (None, 20 * GIB, 20 * GIB), (None, None, None)])
+def test_available_memory_takes_the_smaller(monkeypatch, system, container, expected):
+    monkeypatch.setattr(file_prefetch, "_system_available_bytes", lambda: system)
+    monkeypatch.setattr(file_prefetch, "container_headroom_bytes", lambda: container)
+    assert file_prefetch.available_memory_bytes() == expected
+
+
 def test_files_are_queued_whole_and_in_order(tmp_path, queued, monkeypatch):
     monkeypatch.setattr(file_prefetch, "SPAN_BYTES", 1000)
     first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"

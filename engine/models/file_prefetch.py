@@ -1,17 +1,18 @@
 """Reading a checkpoint file ahead of its use, from several threads, into the operating system's page cache.
 
 Tensors read from safetensors files are memory-mapped: their bytes come from disk when something first touches
-them (the key conversion, the copy to the GPU), one page fault after another in a single thread. That reads
-about 1 GB/s from the disks of rented GPU machines, which keep more requests in flight only when several readers
-ask at once (a cold load of the Wan 2.2 A14B pair, 27 GB, took 25 s on an H100 machine, mostly waiting for
-disk). `prefetch_files` starts reading the whole checkpoint from a small pool of background threads as soon as the
+them (the key conversion, the copy to the GPU), one page fault after another in a single thread, which keeps few
+reads in flight. A cold load of the Wan 2.2 A14B pair (27 GB) took 25 s on our H100 machine, about 1.1 GB/s,
+mostly waiting for disk; a virtio disk reads 1.0 GB/s from one reader and 2.1 GB/s from four to eight.
+`prefetch_files` starts reading the whole checkpoint from a small pool of background threads as soon as the
 loader opens it, in file order, so the later page faults find the bytes already in memory. What is read goes to
 a scratch buffer and is dropped: the copy that stays is the page cache's, the one the memory map reads anyway,
 so the output and the memory the loaded model holds are the same with or without it.
 
 It is skipped (`skip_reason`) where it cannot help or could hurt: small checkpoints, one that would take more
-than half of the memory available now (pages read far ahead would be evicted before their use and read twice), and
-when REELSMITH_PREFETCH=0. A read that fails is left to the loader, which reads the same bytes and reports it.
+than half of the memory available now, a container's limit included (pages read far ahead would be evicted
+before their use and read twice), and when REELSMITH_PREFETCH=0. A read that fails is left to the loader, which
+reads the same bytes and reports it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-READER_THREADS = 8  # in-flight reads that rented-machine disks need to pass ~2 GB/s (a virtio disk: 1.0 -> 2.2 GB/s)
+READER_THREADS = 8  # reads in flight (a virtio disk: 1.0 GB/s from one reader, 2.1 from four to eight)
 SPAN_BYTES = 64 << 20  # one task of a reader: the unit of ordering and of cancelling
 READ_BYTES = 8 << 20  # bytes per read call (the scratch buffer of each reader)
 MIN_BYTES = 256 << 20  # smaller checkpoints load in well under a second either way
@@ -31,7 +32,16 @@ ENVIRONMENT_SWITCH = "REELSMITH_PREFETCH"  # "0" turns prefetching off
 
 
 def available_memory_bytes() -> int | None:
-    """Memory the system can give without swapping (Linux: MemAvailable), or None where it cannot be told."""
+    """Memory the page cache can take without evicting what is being read: the system's available memory (Linux:
+    MemAvailable), or less where a container's memory limit leaves less; None where it cannot be told."""
+    system = _system_available_bytes()
+    container = container_headroom_bytes()
+    if system is None or container is None:
+        return system if container is None else container
+    return min(system, container)
+
+
+def _system_available_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -43,6 +53,26 @@ def available_memory_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def container_headroom_bytes(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """A container's memory limit minus the anonymous memory its processes hold (the page cache counts against
+    the limit too, so this is what it can cache); None without a limit. Rented GPU machines are often
+    containers whose limit is far below the host's memory that MemAvailable reports."""
+    root = pathlib.Path(cgroup_root)
+    for limit_file, stat_file, anon_keys in (
+            (root / "memory.max", root / "memory.stat", ("anon",)),  # cgroup v2
+            (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.stat", ("total_rss", "rss"))):
+        try:
+            limit_text = limit_file.read_text().strip()
+            stats = dict(line.split()[:2] for line in stat_file.read_text().splitlines() if len(line.split()) >= 2)
+        except OSError:
+            continue
+        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= 2**62:  # v1 writes "no limit" huge
+            return None
+        anon = next((int(stats[key]) for key in anon_keys if key in stats), 0)
+        return max(int(limit_text) - anon, 0)
+    return None
 
 
 def skip_reason(size: int, available: int | None, switch: str | None) -> str | None:
