@@ -484,6 +484,25 @@ def test_compiled_blocks_keep_the_kernel_in_one_graph(default_backend):
     assert cosine(compiled, run_wan(untouched)) >= 0.995
 
 
+@pytest.mark.parametrize("capability, runs", [((9, 0), True), ((10, 0), False), ((12, 0), False), ((8, 9), False)])
+def test_gluon_kernels_run_on_hopper_only_and_auto_falls_back_to_triton_elsewhere(monkeypatch, capability, runs):
+    """Their warpgroup MMAs exist on sm_90 only: on a Blackwell GPU (B200: 10.0) 'auto' must keep the Triton kernel,
+    not pick a kernel that cannot compile there."""
+    gluon_kernels = pytest.importorskip("reelsmith.engine.models.attention_fp8_gluon",
+                                        reason="this Triton has no Gluon")
+    pytest.importorskip("reelsmith.engine.models.attention_fp8_gluon_ws", reason="this Triton has no Gluon")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    reason = gluon_kernels.gluon_unavailable()
+    if runs:
+        assert reason is None and processors._warp_specialized_op_if_it_runs() is not None
+    else:
+        assert f"Hopper GPU (H100, H200: compute capability 9.x; this one is {capability[0]}.{capability[1]})" in reason
+        assert processors._warp_specialized_op_if_it_runs() is None
+        with pytest.raises(BackendUnavailableError, match="implementation 'gluon-ws' cannot run: it needs a Hopper"):
+            processors._OP_LOADERS["gluon-ws"]()
+
+
 @needs_kernel
 def test_gluon_kernels_host_side_describes_the_quantised_buffers():
     """The Gluon kernels run on Hopper only; their shared host side (quantise, then tensor descriptors of the

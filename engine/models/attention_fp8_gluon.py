@@ -335,8 +335,10 @@ def gluon_unavailable() -> str | None:
     """Why the Gluon kernel cannot run here, or None."""
     if not torch.cuda.is_available():
         return "it needs a CUDA GPU (Gluon has no CPU interpreter)"
-    if torch.cuda.get_device_capability() < (9, 0):
-        return "it needs a Hopper GPU (warpgroup MMAs)"
+    major, minor = torch.cuda.get_device_capability()
+    if major != 9:  # warpgroup MMAs (wgmma) exist on sm_90 only: Blackwell's tensor cores take other instructions
+        return (f"it needs a Hopper GPU (H100, H200: compute capability 9.x; this one is {major}.{minor}), whose "
+                "warpgroup MMAs it is written in")
     return None
 
 
