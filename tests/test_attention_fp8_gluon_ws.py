@@ -77,3 +77,53 @@ def test_row_sums_on_the_tensor_cores_are_a_mode_of_the_register_overlap_only():
     assert not GLUON_WS_CONFIGS["s3-paired"].kernel_constants()["MMA_SUMS"]
     with pytest.raises(ValueError, match="overlap-regs"):
         GluonWsConfig(3, "paired", mma_sums=True)
+
+
+def test_three_consumer_configs_compile_for_head_dim_64(tmp_path):
+    """Three consumer warpgroups (192-row programs, 16 warps) for head dim 64, where the accumulator is half as
+    large: 160 registers each after the loader's 24, and still no spill in the main loop."""
+    out = tmp_path / "rows.json"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, str(PACK_ROOT / "scripts" / "compile_fp8_attention.py"), "--configs",
+         "m64n128w4s3-fastacc-tma", "--head-dims", "64", "--gluon-ws", "s3-paired", "s3-paired-c3",
+         "s3-overlap-regs-c3", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {row["config"]: row for row in json.loads(out.read_text())}
+    for config in ("gluon-ws-s3-paired-c3", "gluon-ws-s3-overlap-regs-c3"):
+        row = rows[config]
+        assert "error" not in row, row
+        assert row["warps"] == 16 and row["programs_per_sm"] == 1  # 3 x 4 consumer warps, the loader's warpgroup
+        assert row["registers"] == 128 and {24, 160} <= set(row["register_reallocations"])
+        assert row["spill_bytes"] <= 16 and row["main_loop"]["local_memory_ops"] == 0, row
+    # a third consumer's Q tile (64 rows x 64 bytes) is all the shared memory it adds
+    growth = rows["gluon-ws-s3-paired-c3"]["shared_bytes"] - rows["gluon-ws-s3-paired"]["shared_bytes"]
+    assert 4 * 1024 <= growth <= 4 * 1024 + 256
+    overlapped = rows["gluon-ws-s3-overlap-regs-c3"]["main_loop"]
+    assert overlapped["exp2_during_mma"] == overlapped["special_function"] >= 64
+
+
+def test_consumer_count_configs():
+    from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS, GluonWsConfig
+
+    three = GLUON_WS_CONFIGS["s3-paired-c3"]
+    assert three == GluonWsConfig(3, "paired", consumers=3) and three.block_m == 192
+    assert three.kernel_constants()["CONSUMERS"] == 3 and three.kernel_constants()["CONSUMER_REGS"] == 160
+    assert three.launch_options()["maxnreg"] == 128
+    two = GLUON_WS_CONFIGS["s3-paired"]
+    assert two.block_m == 128 and two.kernel_constants()["CONSUMER_REGS"] == 240
+    assert two.launch_options()["maxnreg"] == 168
+    with pytest.raises(ValueError, match="consumers must be one of"):
+        GluonWsConfig(3, "paired", consumers=4)
+
+
+def test_three_consumers_refuse_head_dim_128_before_any_gpu_work():
+    import torch
+
+    from reelsmith.engine.errors import InvalidInputError
+    from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS, gluon_ws_fp8_attention
+
+    q = torch.zeros(1, 256, 2, 128, dtype=torch.bfloat16)
+    with pytest.raises(InvalidInputError, match="s3-paired-c3 takes head dim 64 only"):
+        gluon_ws_fp8_attention(q, q, q, "bshd", GLUON_WS_CONFIGS["s3-paired-c3"])

@@ -1,7 +1,7 @@
 """The FP8 attention kernel's arithmetic (attention_fp8.py) warp-specialized, in Gluon: FlashAttention-3's layout
-of a multiprocessor's work. One program of 128 query rows, three partitions:
-  - a loader (one warp): TMA loads of both warpgroups' Q, then K and V blocks into a ring of STAGES slots, each
-    slot reloaded once both consumers have released it;
+of a multiprocessor's work. One program of 128 query rows (192 with three consumers, below), in partitions:
+  - a loader (one warp): TMA loads of every consumer's Q, then K and V blocks into a ring of STAGES slots, each
+    slot reloaded once every consumer has released it;
   - two consumers (a warpgroup of 64 query rows each): per key block, S = Q.K^T (INT8), the softmax, acc +=
     P.V (P in e4m3, from registers), then the slot released.
 Against the Triton kernel (two independent 64-row programs per multiprocessor): each K and V block is read from
@@ -24,9 +24,16 @@ under the consumer's own P.V, the bound is the tensor cores' and the exp2 unit's
 of blocks. ptxas hoists an MMA wait above any instruction that does not depend on it, so the wait for P.V sits
 after the wait for the next turn (a loop: another basic block); in one basic block with the softmax it lands
 before the first exp2 (seen in the compiled code; in 'overlap' the P stores and their fence keep it after the
-softmax, and that mode still measured slower than 'paired', below). Not yet timed on a GPU (session 12 got
-none); compiled for sm_90: 540 (overlap-regs) and 485 (-msum) instructions per key block against 524, every
+softmax, and that mode still measured slower than 'paired', below). Not yet timed on a GPU (sessions 12 and 13
+got none); compiled for sm_90: 540 (overlap-regs) and 485 (-msum) instructions per key block against 524, every
 exp2 issued while an MMA runs, no spill in the main loop.
+
+Three consumers (config '-c3', head dim 64 only: 192-row programs, 16 warps, 160 registers a consumer; at head
+dim 128 that many spill): at head dim 64 the exp2 unit, not the tensor cores, bounds a key block (its 8,192 exp2
+take 512 cycles of the unit, its two MMAs 256), and each softmax is a chain of dependent instructions, so a third
+softmax in flight per multiprocessor is what can fill it (FlashAttention-3 takes three warpgroups at head dim 64).
+The consumers take their turns round-robin, one turn barrier each. Compiled for sm_90: the same main loop as two
+consumers (489 / 506 instructions for 'paired' / 'overlap-regs'), no spill. Not yet timed (for LTX-Video 2B).
 
 Measured on an H100 (2026-12-07 22:56 UTC, per layer, scripts/check_fp8_attention.py; the Triton kernel's default
 in the same run 140.1 ms at Wan 720p, 26.88 at 480p, 3.43 for LTX 13B), all exactly the Triton kernel's accuracy
@@ -55,18 +62,19 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
+from ..errors import InvalidInputError
 from .attention_custom_op import attention_custom_op
 from .attention_fp8_gluon import (BLOCK_N, _keep_p, _rescaled, _row_factor, _softmax, _store_for_mma, _store_output,
                                   _tma_load, gluon_unavailable, quantised_inputs)
 
 CONSUMER_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup
-BLOCK_M = gl.constexpr(2 * 64)  # query rows per program
-# registers per thread at launch (12 warps: 168 x 384 threads fit the multiprocessor's 64K), then reallocated:
-# the loader's warpgroup drops to 24, each consumer rises to 240
-LAUNCH_REGISTERS = 168
-CONSUMER_REGISTERS = gl.constexpr(240)
+# registers per thread at launch, by number of consumers (the loader's warp counts as a warpgroup: 2 consumers,
+# 12 warps, 168 x 384 threads fit the multiprocessor's 64K; 3 consumers, 16 warps, 128 x 512), then reallocated:
+# the loader's warpgroup drops to 24, each consumer rises to what the rest leaves (240; 160)
+LAUNCH_REGISTERS = {2: 168, 3: 128}
+CONSUMER_REGISTERS = {2: 240, 3: 160}
 LOADER_REGISTERS = gl.constexpr(24)
-FIRST_CONSUMER, SECOND_CONSUMER = gl.constexpr(0), gl.constexpr(1)
+FIRST_CONSUMER, SECOND_CONSUMER, THIRD_CONSUMER = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 SUM_COLUMNS = gl.constexpr(8)  # the row sums' MMA (GluonWsConfig.mma_sums): P times a KEY_ROWS x 8 tile of ones
 SUMS_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                      instr_shape=[16, SUM_COLUMNS.value, 32]))
@@ -75,10 +83,11 @@ SUMS_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_c
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
             k_row, v_row, blocks, STAGES: gl.constexpr, SLOT_RELEASE: gl.constexpr):
-    """Q of both consumers, then every K and V block, each into its ring slot once both consumers freed it.
+    """Q of every consumer, then every K and V block, each into its ring slot once all consumers freed it.
     SLOT_RELEASE: the consumers free a slot's K and V together (v_empty alone), once its V is read."""
     KEY_ROWS: gl.constexpr = k_desc.block_type.shape[0]
-    for wg in gl.static_range(2):
+    CONSUMERS: gl.constexpr = q_smem.shape[0]
+    for wg in gl.static_range(CONSUMERS):
         mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
         _tma_load(q_desc, [q_row + wg * CONSUMER_ROWS, 0], q_bars.index(wg), q_smem.index(wg))
     for j in range(blocks):
@@ -98,15 +107,20 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_r
 
 @gluon.jit
 def _take_turn(turns, t, WG: gl.constexpr):
-    """Wait until it is consumer WG's t-th turn at the tensor cores (consumer 0 goes first: a fresh barrier passes
-    a wait for parity 1)."""
-    mbarrier.wait(turns.index(WG), (t & 1) ^ (1 - WG))
+    """Wait until it is consumer WG's t-th turn at the tensor cores. The consumers go round in order, each turn
+    passed by the one before (_pass_turn): consumer 0's turn t follows t arrivals on its barrier (its first turn
+    none: a fresh barrier passes a wait for parity 1), every other consumer's turn t follows t + 1."""
+    if WG == 0:
+        mbarrier.wait(turns.index(WG), (t & 1) ^ 1)
+    else:
+        mbarrier.wait(turns.index(WG), t & 1)
 
 
 @gluon.jit
 def _pass_turn(turns, WG: gl.constexpr):
-    """Consumer WG's turn at the tensor cores done: the other consumer's begins."""
-    mbarrier.arrive(turns.index(1 - WG), count=1)
+    """Consumer WG's turn at the tensor cores done: the next consumer's begins (turns has one barrier each)."""
+    CONSUMERS: gl.constexpr = turns.shape[0]
+    mbarrier.arrive(turns.index((WG + 1) % CONSUMERS), count=1)
 
 
 @gluon.jit
@@ -410,13 +424,19 @@ def _consumer(q_smem, k_smem, v_smem, p_tiles, ones, q_bars, k_ready, v_ready, k
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, D, 32])
     rows_start = first_row + WG * CONSUMER_ROWS
-    q_scales = gl.load(q_scales_ptr + bh * (S_pad // Q_GROUP)
-                       + (rows_start + gl.arange(0, CONSUMER_ROWS, gl.SliceLayout(1, s_layout))) // Q_GROUP)
+    rows = rows_start + gl.arange(0, CONSUMER_ROWS, gl.SliceLayout(1, s_layout))
+    CONSUMERS: gl.constexpr = q_smem.shape[0]
+    if CONSUMERS == 2:  # 128-row programs tile the padded length (a multiple of 256) exactly
+        q_scales = gl.load(q_scales_ptr + bh * (S_pad // Q_GROUP) + rows // Q_GROUP)
+    else:  # 192-row programs: the last one's rows may pass it (their Q comes from the next head or TMA's zero
+        # fill and their output is never stored; their scales must not be read past the buffer)
+        q_scales = gl.load(q_scales_ptr + bh * (S_pad // Q_GROUP) + rows // Q_GROUP, mask=rows < S_pad, other=1.0)
     k_scales_base = k_scales_ptr + bh * (S_pad // K_GROUP)
     row_max = gl.full([CONSUMER_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     row_sum = gl.zeros([CONSUMER_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([CONSUMER_ROWS, D], gl.float32, o_layout)
     q_tile = q_smem.index(WG)
+    ones = ones.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
     if OVERLAP_REGS:
         acc, row_max, row_sum = _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem, v_smem,
@@ -451,16 +471,16 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
                              S, S_pad, H, sob, soh, sos, sod, Q_GROUP: gl.constexpr, K_GROUP: gl.constexpr,
                              STAGES: gl.constexpr, SCORE_TURNS: gl.constexpr, PAIRED_TURNS: gl.constexpr,
                              OVERLAP: gl.constexpr, OVERLAP_REGS: gl.constexpr, SLOT_RELEASE: gl.constexpr,
-                             MMA_SUMS: gl.constexpr):
+                             MMA_SUMS: gl.constexpr, CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     D: gl.constexpr = q_desc.block_type.shape[1]
     bh = gl.program_id(1).to(gl.int64)
-    first_row = gl.program_id(0) * BLOCK_M
+    first_row = gl.program_id(0) * (CONSUMERS * CONSUMER_ROWS)
     q_row = (bh * S_pad + first_row).to(gl.int32)
     k_row = (bh * S_pad).to(gl.int32)
     v_row = (bh * D).to(gl.int32)
     blocks = gl.cdiv(S, k_desc.block_type.shape[0])
 
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     # each consumer's P of two blocks (turns 'overlap' only: its P.V MMAs read P from there)
@@ -470,37 +490,57 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
     p_second = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
     # each consumer's tile of ones, 8 x KEY_ROWS (MMA_SUMS only: P times it gives P's row sums)
     ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUM_COLUMNS, KEY_ROWS], gl.float8e4nv)
-    ones_first = gl.allocate_shared_memory(gl.float8e4nv, [SUM_COLUMNS, KEY_ROWS], ones_layout)
-    ones_second = gl.allocate_shared_memory(gl.float8e4nv, [SUM_COLUMNS, KEY_ROWS], ones_layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ones = gl.allocate_shared_memory(gl.float8e4nv, [CONSUMERS, SUM_COLUMNS, KEY_ROWS], ones_layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # whose turn at the MMAs it is
-    for i in gl.static_range(2):
+    # whose turn at the MMAs it is: one barrier per consumer, arrived on by the consumer before it
+    turns = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(CONSUMERS):
         mbarrier.init(q_bars.index(i), count=1)
         mbarrier.init(turns.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)  # both consumers release each slot (k_empty unused: SLOT_RELEASE)
-        mbarrier.init(v_empty.index(i), count=2)
+        # every consumer releases each slot (k_empty unused with SLOT_RELEASE)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, p_first, ones_first, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
-                     q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod,
-                     bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
-                     OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, FIRST_CONSUMER)),
-        (_consumer, (q_smem, k_smem, v_smem, p_second, ones_second, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
-                     q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos, sod,
-                     bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
-                     OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, SECOND_CONSUMER)),
-        (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, q_row,
-                   k_row, v_row, blocks, STAGES, SLOT_RELEASE)),
-    ], [4, 1], [CONSUMER_REGISTERS, LOADER_REGISTERS])
+    if CONSUMERS == 3:
+        p_third = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_smem, v_smem, p_first, ones, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                         q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos,
+                         sod, bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                         OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, FIRST_CONSUMER)),
+            (_consumer, (q_smem, k_smem, v_smem, p_second, ones, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                         q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos,
+                         sod, bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                         OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, SECOND_CONSUMER)),
+            (_consumer, (q_smem, k_smem, v_smem, p_third, ones, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                         q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos,
+                         sod, bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                         OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, THIRD_CONSUMER)),
+            (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
+                       q_row, k_row, v_row, blocks, STAGES, SLOT_RELEASE)),
+        ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGISTERS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_smem, v_smem, p_first, ones, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                         q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos,
+                         sod, bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                         OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, FIRST_CONSUMER)),
+            (_consumer, (q_smem, k_smem, v_smem, p_second, ones, q_bars, k_ready, v_ready, k_empty, v_empty, turns,
+                         q_scales_ptr, k_scales_ptr, v_scales_ptr, v_means_ptr, out_ptr, S, S_pad, H, sob, soh, sos,
+                         sod, bh, first_row, blocks, Q_GROUP, K_GROUP, STAGES, SCORE_TURNS, PAIRED_TURNS, OVERLAP,
+                         OVERLAP_REGS, SLOT_RELEASE, MMA_SUMS, SECOND_CONSUMER)),
+            (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
+                       q_row, k_row, v_row, blocks, STAGES, SLOT_RELEASE)),
+        ], [4, 1], [CONSUMER_REGS, LOADER_REGISTERS])
 
-    for i in gl.static_range(2):
+    for i in gl.static_range(CONSUMERS):
         mbarrier.invalidate(q_bars.index(i))
         mbarrier.invalidate(turns.index(i))
     for i in gl.static_range(STAGES):
@@ -520,14 +560,19 @@ class GluonWsConfig:
     consumer frees a slot's K and V with one arrive once it has read V (one barrier of its 4 warps per key block
     fewer; the loader refills K a little later). key_rows: keys per block, 128 or 256 (FlashAttention-3 takes 224
     for FP8 at head dim 128: fewer blocks, so fewer rescales of acc, barriers and turns per key; 256 quantises K
-    with one scale per 256 keys, one per block)."""
+    with one scale per 256 keys, one per block). consumers: consumer warpgroups of 64 query rows per program, 2 or
+    3 (FlashAttention-3 takes 3 at head dim 64, where the accumulator is half as large: more softmaxes in flight
+    per multiprocessor, at 160 registers each)."""
     stages: int = 3
     turns: str = "free"
     slot_release: bool = False
     key_rows: int = BLOCK_N
     mma_sums: bool = False
+    consumers: int = 2
 
     def __post_init__(self):
+        if self.consumers not in CONSUMER_REGISTERS:
+            raise ValueError(f"consumers must be one of {sorted(CONSUMER_REGISTERS)} (got {self.consumers})")
         if self.mma_sums and self.turns != "overlap-regs":
             raise ValueError(f"mma_sums needs turns 'overlap-regs' (got {self.turns!r}): only that mode takes P's row "
                              "sums on the tensor cores")
@@ -536,23 +581,28 @@ class GluonWsConfig:
     def name(self) -> str:
         return (f"s{self.stages}" + ("" if self.turns == "free" else f"-{self.turns}")
                 + ("-slot" if self.slot_release else "") + ("" if self.key_rows == BLOCK_N else f"-n{self.key_rows}")
-                + ("-msum" if self.mma_sums else ""))
+                + ("-msum" if self.mma_sums else "") + ("" if self.consumers == 2 else f"-c{self.consumers}"))
 
     @property
     def query_rows(self) -> int:
         """Rows of the query blocks its descriptor loads: one consumer's."""
         return CONSUMER_ROWS.value
 
+    @property
+    def block_m(self) -> int:
+        """Query rows per program: every consumer's."""
+        return self.consumers * CONSUMER_ROWS.value
+
     def kernel_constants(self) -> dict:
         """The kernel's meta-parameters this config sets (launch options apart)."""
         return {"STAGES": self.stages, "SCORE_TURNS": self.turns == "scores", "PAIRED_TURNS": self.turns == "paired",
                 "OVERLAP": self.turns == "overlap", "OVERLAP_REGS": self.turns == "overlap-regs",
-                "SLOT_RELEASE": self.slot_release, "MMA_SUMS": self.mma_sums}
+                "SLOT_RELEASE": self.slot_release, "MMA_SUMS": self.mma_sums, "CONSUMERS": self.consumers,
+                "CONSUMER_REGS": CONSUMER_REGISTERS[self.consumers]}
 
-    @staticmethod
-    def launch_options() -> dict:
+    def launch_options(self) -> dict:
         """Triton's compile options: the default partition's 4 warps, the launch register cap (LAUNCH_REGISTERS)."""
-        return {"num_warps": 4, "maxnreg": LAUNCH_REGISTERS}
+        return {"num_warps": 4, "maxnreg": LAUNCH_REGISTERS[self.consumers]}
 
 
 GLUON_WS_CONFIGS = {c.name: c for c in (
@@ -562,7 +612,8 @@ GLUON_WS_CONFIGS = {c.name: c for c in (
     GluonWsConfig(2, "scores", key_rows=256), GluonWsConfig(3, "scores", key_rows=256),
     GluonWsConfig(2, "overlap"), GluonWsConfig(3, "overlap"), GluonWsConfig(3, "overlap", True),
     GluonWsConfig(2, "overlap-regs"), GluonWsConfig(3, "overlap-regs"), GluonWsConfig(3, "overlap-regs", True),
-    GluonWsConfig(3, "overlap-regs", mma_sums=True), GluonWsConfig(2, "overlap-regs", mma_sums=True))}
+    GluonWsConfig(3, "overlap-regs", mma_sums=True), GluonWsConfig(2, "overlap-regs", mma_sums=True),
+    GluonWsConfig(3, "paired", consumers=3), GluonWsConfig(3, "overlap-regs", consumers=3))}
 DEFAULT_GLUON_WS_CONFIG = GLUON_WS_CONFIGS["s3-paired"]  # the fastest measured
 
 
@@ -571,8 +622,12 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     kernel. Hopper only: Gluon has no CPU interpreter."""
     from .attention_fp8_quant import logical_strides
 
+    if config.consumers == 3 and q.shape[-1] != 64:
+        raise InvalidInputError(f"Warp-specialized config {config.name} takes head dim 64 only (got {q.shape[-1]}): "
+                                "three consumers get 160 registers each, too few for a head dim 128 accumulator "
+                                "(it spills). Use a two-consumer config.")
     qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.query_rows, config.key_rows, v_mma_order=True)
-    grid = (triton.cdiv(qkv.tokens, BLOCK_M.value), qkv.batch * qkv.heads)
+    grid = (triton.cdiv(qkv.tokens, config.block_m), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
                                    out, qkv.tokens, qkv.padded, qkv.heads, *logical_strides(out, layout),
                                    Q_GROUP=qkv.q_group, K_GROUP=qkv.k_group, **config.kernel_constants(),
