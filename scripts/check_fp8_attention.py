@@ -233,6 +233,8 @@ def check_kernels(args) -> list[dict]:
                 # warp-specialized: a loader warp and two consumer warpgroups sharing each K / V block
                 from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS, gluon_ws_fp8_attention
                 for name in args.ws_configs:
+                    if GLUON_WS_CONFIGS[name].consumers == 3 and dim != 64:
+                        continue  # three consumers' registers hold a head dim 64 accumulator only
                     record(f"fp8 int8 gluon-ws {name}",
                            lambda c=GLUON_WS_CONFIGS[name]: gluon_ws_fp8_attention(q, k, v, "bshd", c), quant_s)
         # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing
@@ -353,9 +355,11 @@ def main(argv=None) -> int:
     parser.add_argument("--autotune", action="store_true", help="also run config 'autotune' (Triton times all)")
     parser.add_argument("--qk-dtype", nargs="+", default=["int8"], choices=["int8", "fp8"])
     parser.add_argument("--ws-configs", nargs="*",
-                        default=["s3-paired", "s3-overlap-regs", "s3-overlap-regs-msum"],
+                        default=["s3-paired", "s3-overlap-regs", "s3-overlap-regs-msum", "s3-paired-c3",
+                                 "s3-overlap-regs-c3"],
                         help="configs of the warp-specialized Gluon kernel to time (attention_fp8_gluon_ws.py; "
-                             "default: the default one and the two not yet timed; the others measured slower)")
+                             "default: the default one and those not yet timed; the others measured slower). "
+                             "Three-consumer ones ('-c3') run at head dim 64 only")
     parser.add_argument("--kernels-only", action="store_true",
                         help="only --configs and --ws-configs (no SDPA, GluonConfig or cuDNN FP8 rows)")
     parser.add_argument("--batch", type=int, default=1)
