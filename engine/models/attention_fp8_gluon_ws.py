@@ -508,6 +508,8 @@ def _fp8_attention_ws_kernel(q_desc, k_desc, v_desc, q_scales_ptr, k_scales_ptr,
         mbarrier.init(k_empty.index(i), count=CONSUMERS)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
+    # the argument lists are written out in full for each consumer count: gathered into a tuple variable, the
+    # constexpr flags reach the partitions as run-time values (tried: the mode branches then fail to compile)
     if CONSUMERS == 3:
         p_third = gl.allocate_shared_memory(gl.float8e4nv, [2, CONSUMER_ROWS, KEY_ROWS], p_layout)
         gl.warp_specialize([
