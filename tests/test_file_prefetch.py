@@ -3,6 +3,7 @@
 The queue is replaced by a list where the order of the work matters, so those tests need no threads; the
 real readers run where a test waits for them."""
 
+import collections
 import pathlib
 
 import pytest
@@ -21,6 +22,12 @@ class RecordingQueue:
 
     def put(self, task):
         self.tasks.append(task)
+
+
+@pytest.fixture(autouse=True)
+def nothing_read_ahead_recently(monkeypatch):
+    """Each test starts with no checkpoint read ahead in the last RECENT_SECONDS (other tests' would count)."""
+    monkeypatch.setattr(file_prefetch, "_recent", collections.deque())
 
 
 @pytest.fixture
@@ -60,6 +67,29 @@ def test_skip_reasons():
     assert "cannot be told" in file_prefetch.skip_reason(fits, None, None)
     too_big = file_prefetch.skip_reason(fits, 19 * GIB, None)
     assert "10.0 GiB" in too_big and "19.0 GiB" in too_big and "50%" in too_big
+
+
+def test_checkpoints_read_ahead_recently_count_against_the_same_memory():
+    # a 64 GiB machine: the first 13.5 GiB expert fits half of it, the second too (27 GiB), a third not
+    assert file_prefetch.skip_reason(int(13.5 * GIB), 60 * GIB, None, recent=int(13.5 * GIB)) is None
+    refusal = file_prefetch.skip_reason(11 * GIB, 60 * GIB, None, recent=27 * GIB)
+    assert "11.0 GiB with 27.0 GiB read ahead just before" in refusal and "60.0 GiB" in refusal
+
+
+def test_recent_prefetches_are_forgotten_after_the_window(tmp_path, queued, monkeypatch):
+    monkeypatch.setattr(file_prefetch, "MIN_BYTES", 0)
+    monkeypatch.setattr(file_prefetch, "available_memory_bytes", lambda: 10_000)
+    clock = [1000.0]
+    monkeypatch.setattr(file_prefetch.time, "monotonic", lambda: clock[0])
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    write_bytes(first, 3000)
+    write_bytes(second, 3000)
+    assert len(file_prefetch.prefetch_files([first])) == 1
+    assert file_prefetch.recently_prefetched_bytes(clock[0]) == 3000
+    assert file_prefetch.prefetch_files([second]) == []  # 3000 + 3000 > half of 10,000
+    clock[0] += file_prefetch.RECENT_SECONDS + 1
+    assert len(file_prefetch.prefetch_files([second])) == 1  # the first has aged out
+    assert file_prefetch.recently_prefetched_bytes(clock[0]) == 3000
 
 
 def test_available_memory_is_a_plausible_size():

@@ -10,17 +10,19 @@ a scratch buffer and is dropped: the copy that stays is the page cache's, the on
 so the output and the memory the loaded model holds are the same with or without it.
 
 It is skipped (`skip_reason`) where it cannot help or could hurt: small checkpoints, one that would take more
-than half of the memory available now, a container's limit included (pages read far ahead would be evicted
-before their use and read twice), and when REELSMITH_PREFETCH=0. A read that fails is left to the loader, which
-reads the same bytes and reports it.
+than half of the memory available now, a container's limit included, together with the checkpoints read ahead
+in the minutes before (pages read far ahead would be evicted before their use and read twice), and when
+REELSMITH_PREFETCH=0. A read that fails is left to the loader, which reads the same bytes and reports it.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 READER_THREADS = 8  # reads in flight (a virtio disk: 1.0 GB/s from one reader, 2.1 from four to eight)
@@ -29,6 +31,7 @@ READ_BYTES = 8 << 20  # bytes per read call (the scratch buffer of each reader)
 MIN_BYTES = 256 << 20  # smaller checkpoints load in well under a second either way
 MAX_SHARE_OF_AVAILABLE = 0.5  # of the memory available now, the most one checkpoint may take in the page cache
 ENVIRONMENT_SWITCH = "REELSMITH_PREFETCH"  # "0" turns prefetching off
+RECENT_SECONDS = 600.0  # a model's files are all loaded within this, so the checkpoints read ahead count together
 
 
 def available_memory_bytes() -> int | None:
@@ -75,20 +78,29 @@ def container_headroom_bytes(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
     return None
 
 
-def skip_reason(size: int, available: int | None, switch: str | None) -> str | None:
+def skip_reason(size: int, available: int | None, switch: str | None, recent: int = 0) -> str | None:
     """Why a checkpoint of `size` bytes (all its files) is not prefetched (None: it is). `available`:
-    available_memory_bytes();
-    `switch`: the value of REELSMITH_PREFETCH."""
+    available_memory_bytes(); `switch`: the value of REELSMITH_PREFETCH; `recent`: bytes of the checkpoints read
+    ahead within RECENT_SECONDS, which count against the same memory (the page cache they fill counts as available,
+    yet a model's files are read one after another and only copied to the GPU once all are loaded)."""
     if switch is not None and switch.strip() == "0":
         return f"{ENVIRONMENT_SWITCH}=0"
     if size < MIN_BYTES:
         return f"smaller than {MIN_BYTES >> 20} MiB"
     if available is None:
         return "the available memory cannot be told on this system"
-    if size > MAX_SHARE_OF_AVAILABLE * available:
-        return (f"the checkpoint ({size / 2**30:.1f} GiB) is more than {MAX_SHARE_OF_AVAILABLE:.0%} of the memory "
-                f"available ({available / 2**30:.1f} GiB)")
+    if size + recent > MAX_SHARE_OF_AVAILABLE * available:
+        also = f" with {recent / 2**30:.1f} GiB read ahead just before" if recent else ""
+        return (f"the checkpoint ({size / 2**30:.1f} GiB{also}) is more than {MAX_SHARE_OF_AVAILABLE:.0%} of the "
+                f"memory available ({available / 2**30:.1f} GiB)")
     return None
+
+
+def recently_prefetched_bytes(now: float) -> int:
+    """Bytes of the checkpoints read ahead in the RECENT_SECONDS before `now` (older ones forgotten)."""
+    while _recent and _recent[0][0] < now - RECENT_SECONDS:
+        _recent.popleft()
+    return sum(size for _, size in _recent)
 
 
 def spans(size: int, span: int | None = None) -> list[tuple[int, int]]:
@@ -128,6 +140,8 @@ class Prefetch:
 
 
 _tasks: queue.SimpleQueue = queue.SimpleQueue()  # (Prefetch, offset, length), served in the order queued
+_recent: collections.deque = collections.deque()  # (monotonic time, bytes) of each checkpoint read ahead
+_recent_lock = threading.Lock()
 _readers: list[threading.Thread] = []
 _readers_lock = threading.Lock()
 
@@ -173,8 +187,13 @@ def prefetch_files(paths, *, force: bool = False) -> list[Prefetch]:
         except OSError:
             return []  # the loader's own open reports the missing or unreadable file
     total = sum(size for _, size in files)
-    if not force and skip_reason(total, available_memory_bytes(), os.environ.get(ENVIRONMENT_SWITCH)) is not None:
-        return []
+    now = time.monotonic()
+    with _recent_lock:
+        recent = recently_prefetched_bytes(now)
+        if not force and skip_reason(total, available_memory_bytes(), os.environ.get(ENVIRONMENT_SWITCH),
+                                     recent) is not None:
+            return []
+        _recent.append((now, total))
     _start_readers()
     prefetches = []
     for path, size in files:
