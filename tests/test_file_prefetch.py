@@ -35,7 +35,7 @@ def queued(monkeypatch):
     """Tasks go to a list and no reader starts: the test serves them itself."""
     recording = RecordingQueue()
     monkeypatch.setattr(file_prefetch, "_tasks", recording)
-    monkeypatch.setattr(file_prefetch, "_start_readers", lambda: None)
+    monkeypatch.setattr(file_prefetch, "_start_readers", lambda: file_prefetch.READER_THREADS)
     return recording
 
 
@@ -251,3 +251,18 @@ def test_a_corrupt_checkpoint_cancels_its_prefetch(tmp_path, monkeypatch):
     with pytest.raises(ModelFilesError, match="broken.safetensors: cannot read this safetensors file"):
         checkpoint_io.read_state_dict(path)
     assert given[0]._cancelled
+
+
+def test_a_process_that_can_start_no_thread_loads_without_read_ahead(tmp_path, monkeypatch):
+    """A container's thread limit must not stop a load: no reader starts, nothing is queued, the load goes on."""
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(file_prefetch, "_readers", [])
+    monkeypatch.setattr(file_prefetch.threading.Thread, "start", refuse)
+    monkeypatch.setattr(file_prefetch, "MIN_BYTES", 0)
+    monkeypatch.setattr(file_prefetch, "available_memory_bytes", lambda: GIB)
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(8, 8)}, path)
+    assert file_prefetch.prefetch_files([path]) == [] and file_prefetch.recently_prefetched_bytes(0.0) == 0
+    assert torch.equal(checkpoint_io.read_state_dict(path)["w"], torch.ones(8, 8))

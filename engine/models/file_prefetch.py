@@ -167,13 +167,19 @@ def _reader_loop() -> None:
         _read_span(*_tasks.get(), scratch)
 
 
-def _start_readers() -> None:
-    # daemon threads: an interpreter that exits (or a ComfyUI stopped with Ctrl-C) does not wait for a read-ahead
+def _start_readers() -> int:
+    """Start the reader threads not yet running; returns how many run. Daemon threads: an interpreter that exits
+    (or a ComfyUI stopped with Ctrl-C) does not wait for a read-ahead. Where the process may start no more threads
+    (a container's limit), the read-ahead makes do with those it has, or is left out: it must never stop a load."""
     with _readers_lock:
         while len(_readers) < READER_THREADS:
             reader = threading.Thread(target=_reader_loop, name=f"reelsmith-prefetch-{len(_readers)}", daemon=True)
-            reader.start()
+            try:
+                reader.start()
+            except RuntimeError:  # "can't start new thread"
+                break
             _readers.append(reader)
+        return len(_readers)
 
 
 def prefetch_files(paths, *, force: bool = False) -> list[Prefetch]:
@@ -193,8 +199,9 @@ def prefetch_files(paths, *, force: bool = False) -> list[Prefetch]:
         if not force and skip_reason(total, available_memory_bytes(), os.environ.get(ENVIRONMENT_SWITCH),
                                      recent) is not None:
             return []
+        if _start_readers() == 0:
+            return []
         _recent.append((now, total))
-    _start_readers()
     prefetches = []
     for path, size in files:
         pieces = spans(size)
