@@ -404,15 +404,16 @@ def test_fp8_is_refused_on_cpu_and_for_unsupported_models(default_backend):
         apply_attention_backend(tiny_wan(), "fp8", fp8_options={"implementation": "cuda"})
 
 
-def test_auto_takes_the_warp_specialized_kernel_for_long_sequences_at_head_dim_128(monkeypatch):
-    """'auto' (the default) sends head dim 128 from WARP_SPECIALIZED_FROM_TOKENS tokens to the warp-specialized
-    kernel where it runs, everything else to the Triton kernel with the asked config; without it (no Hopper, no
-    Gluon) it stays on the Triton kernel. The ops are stand-ins that record what they were given."""
+def test_auto_takes_the_warp_specialized_kernel_where_the_table_says(monkeypatch):
+    """'auto' (the default) sends a head dim listed in WARP_SPECIALIZED from its length on to the warp-specialized
+    kernel, in its config, where that kernel runs; everything else to the Triton kernel with the asked config;
+    without it (no Hopper, no Gluon) it stays on the Triton kernel. The ops are stand-ins that record what they
+    were given."""
     calls = []
     monkeypatch.setitem(processors._OP_LOADERS, "triton",
                         lambda: lambda q, k, v, *options: calls.append(("triton", q.shape[1], options[1])) or q)
     monkeypatch.setitem(processors._OP_LOADERS, "gluon-ws",
-                        lambda: lambda q, k, v: calls.append(("gluon-ws", q.shape[1])) or q)
+                        lambda: lambda q, k, v, config: calls.append(("gluon-ws", q.shape[1], config)) or q)
 
     def attend(tokens, dim=128, **options):
         processor = processors._Fp8SelfAttention()
@@ -422,12 +423,19 @@ def test_auto_takes_the_warp_specialized_kernel_for_long_sequences_at_head_dim_1
         processor.attend(q, q, q)
         return calls.pop()
 
-    long = processors.WARP_SPECIALIZED_FROM_TOKENS
-    assert attend(long) == ("gluon-ws", long)
+    long = processors.WARP_SPECIALIZED[128].from_tokens
+    assert attend(long) == ("gluon-ws", long, "default")
     assert attend(long - 1) == ("triton", long - 1, "default")  # short sequences: not measured, the Triton kernel
-    assert attend(long, dim=64) == ("triton", long, "default")
+    assert attend(long, dim=64) == ("triton", long, "default")  # head dim 64 is not in the table
     assert attend(long, config="m64n128w4s3") == ("triton", long, "m64n128w4s3")  # a Triton config asked for
     assert attend(long, implementation="triton") == ("triton", long, "default")
+    assert attend(64, implementation="gluon-ws") == ("gluon-ws", 64, "default")  # asked for: any length
+
+    # a head dim added to the table, with its own config and length
+    monkeypatch.setitem(processors.WARP_SPECIALIZED, 64, processors.WarpSpecialized(4096, "s3-paired-c3"))
+    assert attend(4096, dim=64) == ("gluon-ws", 4096, "s3-paired-c3")
+    assert attend(4095, dim=64) == ("triton", 4095, "default")
+    assert attend(64, dim=64, implementation="gluon-ws") == ("gluon-ws", 64, "s3-paired-c3")
 
     def not_here():
         raise BackendUnavailableError("FP8 attention implementation 'gluon-ws' cannot run: no Hopper GPU.")
@@ -436,6 +444,16 @@ def test_auto_takes_the_warp_specialized_kernel_for_long_sequences_at_head_dim_1
     assert attend(long) == ("triton", long, "default")
     with pytest.raises(BackendUnavailableError, match="gluon-ws"):
         attend(long, implementation="gluon-ws")
+
+
+def test_every_config_in_the_table_is_a_warp_specialized_config():
+    ws = pytest.importorskip("reelsmith.engine.models.attention_fp8_gluon_ws", reason="this Triton has no Gluon")
+    for dim, choice in processors.WARP_SPECIALIZED.items():
+        config = ws.ws_config(choice.config)
+        assert config.consumers == 2 or dim == 64  # three consumers hold a head dim 64 accumulator only
+    assert ws.ws_config("default") is ws.DEFAULT_GLUON_WS_CONFIG
+    with pytest.raises(InvalidInputError, match="Unknown warp-specialized config 's9'"):
+        ws.ws_config("s9")
 
 
 def test_without_triton_the_triton_implementation_says_what_to_install(default_backend, monkeypatch):

@@ -119,7 +119,7 @@ FP8_ATTENTION_CONFIGS = _configs(
 # cycle; the most stalled instruction is the wait for Q.K^T. The warp-specialized Gluon kernel
 # (attention_fp8_gluon_ws.py, FlashAttention-3's ping-pong) is the answer to that for head dim 128: 131.8 ms against
 # 140.1 at Wan 720p, 3.00 against 3.43 at LTX 13B, so the FP8 processors' 'auto' takes it from 8,192 tokens
-# (attention_fp8_processors.WARP_SPECIALIZED_FROM_TOKENS); this kernel keeps head dim 64 and short sequences.
+# (attention_fp8_processors.WARP_SPECIALIZED); this kernel keeps head dim 64 and short sequences.
 # head dim -> ((up to this many tokens, config), ...): the first that fits
 DEFAULT_CONFIGS = {64: ((None, "m64n128w4s3-fastacc-tma-r128"), ),
                    128: ((16384, "m64n128w4s2-fastacc-tma-r168"), (None, "m64n128w4s3-fastacc-tma"))}

@@ -47,7 +47,7 @@ Compute on 'paired' (Wan 720p, 129.0 ms under the profiler): tensor cores 46 % b
 48 %, three warps per scheduler and 0.67 of them eligible; per issued instruction 2.1 cycles stalled at barriers
 and 1.3 on fixed-latency dependencies: latency, not a saturated unit. So 'paired' is the default, and the
 attention backend's 'auto' takes this kernel for head dim 128 from 8,192 tokens
-(attention_fp8_processors.WARP_SPECIALIZED_FROM_TOKENS).
+(attention_fp8_processors.WARP_SPECIALIZED).
 
 Inputs are the quantised buffers of attention_fp8_quant.quantise_qkv, as Gluon tensor descriptors.
 """
@@ -642,8 +642,18 @@ def gluon_ws_unavailable() -> str | None:
     return gluon_unavailable()
 
 
-def _gluon_ws_fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return gluon_ws_fp8_attention(q, k, v, "bshd")
+def ws_config(name: str) -> GluonWsConfig:
+    """A config by name ('default': DEFAULT_GLUON_WS_CONFIG)."""
+    if name == "default":
+        return DEFAULT_GLUON_WS_CONFIG
+    if name not in GLUON_WS_CONFIGS:
+        raise InvalidInputError(f"Unknown warp-specialized config '{name}'. Choose one of: "
+                                f"{', '.join(GLUON_WS_CONFIGS)}.")
+    return GLUON_WS_CONFIGS[name]
+
+
+def _gluon_ws_fp8_attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: str) -> torch.Tensor:
+    return gluon_ws_fp8_attention(q, k, v, "bshd", ws_config(config))
 
 
 gluon_ws_fp8_attention_op = attention_custom_op("gluon_ws_fp8_attention", _gluon_ws_fp8_attention_call)

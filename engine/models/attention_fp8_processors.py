@@ -12,9 +12,8 @@ context parallelism, Wan 2.1's image tokens), which goes through diffusers' disp
 Under diffusers' Ulysses sequence split (several GPUs) the processors make the head exchange themselves
 (ulysses_exchange.py) around the kernel; any other context parallelism (ring attention) takes the stock path.
 
-`implementation` picks what does the attention: 'auto' (the default: 'gluon-ws' for head dim 128 beyond
-WARP_SPECIALIZED_FROM_TOKENS tokens where Gluon runs, with the default config; 'triton' otherwise: the same
-arithmetic either way, so the same output), 'triton' (the kernel, through the `reelsmith::fp8_attention`
+`implementation` picks what does the attention: 'auto' (the default: 'gluon-ws' where WARP_SPECIALIZED says, by
+head dim and length, and Gluon runs; 'triton' otherwise: the same arithmetic either way, so the same output), 'triton' (the kernel, through the `reelsmith::fp8_attention`
 custom op, so torch.compile keeps the block in one graph), 'cudnn' (cuDNN's fused FP8 attention with the same
 smoothing, attention_fp8_cudnn.py; on an H100 5 % slower than the kernel and less
 accurate, so not `auto`'s choice), 'gluon' (the same arithmetic as 'triton' in Gluon, MMAs left in flight
@@ -28,6 +27,7 @@ CPU debugging).
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,11 +37,21 @@ from .attention_fp8_reference import HEAD_DIMS, K_GROUP, Q_GROUP, QK_DTYPES, fp8
 from .ulysses_exchange import attend_across_ranks, can_exchange
 
 IMPLEMENTATIONS = ("auto", "triton", "cudnn", "gluon", "gluon-ws", "reference")
-# 'auto' takes the warp-specialized kernel for head dim 128 from this many tokens (H100, 2026-12-07, per layer:
-# Wan 720p, 75,600 tokens, 131.8 ms against the Triton kernel's 140.1; 480p, 32,760 tokens, 26.47 against 26.88;
-# LTX 13B, 11,440 tokens, 3.00 against 3.43; shorter sequences not measured)
-WARP_SPECIALIZED_FROM_TOKENS = 8192
-WARP_SPECIALIZED_HEAD_DIM = 128
+
+
+@dataclass(frozen=True)
+class WarpSpecialized:
+    """Where 'auto' takes the warp-specialized kernel for one head dim: from `from_tokens` tokens, in `config` (a
+    name in attention_fp8_gluon_ws.GLUON_WS_CONFIGS; 'default': its DEFAULT_GLUON_WS_CONFIG)."""
+    from_tokens: int
+    config: str = "default"
+
+
+# head dim -> where 'auto' takes the warp-specialized kernel (H100, 2026-12-07, per layer, head dim 128: Wan 720p,
+# 75,600 tokens, 131.8 ms against the Triton kernel's 140.1; 480p, 32,760 tokens, 26.47 against 26.88; LTX 13B,
+# 11,440 tokens, 3.00 against 3.43; shorter sequences not measured). Head dim 64 (LTX-Video 2B) keeps the Triton
+# kernel: no warp-specialized config is measured faster there yet.
+WARP_SPECIALIZED = {128: WarpSpecialized(from_tokens=8192)}
 
 
 def _triton_attention_op():
@@ -116,11 +126,14 @@ class _Fp8SelfAttention:
     def _attend_whole(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self.implementation == "reference":
             return fp8_attention_reference(query, key, value, "bshd", qk_dtype=self.qk_dtype)
-        if self._long_sequence_op is not None and query.shape[-1] == WARP_SPECIALIZED_HEAD_DIM \
-                and query.shape[1] >= WARP_SPECIALIZED_FROM_TOKENS:
-            return self._long_sequence_op(query, key, value)
-        if self.implementation in ("auto", "triton"):  # the Triton op takes a config; the others only q, k, v
+        warp_specialized = WARP_SPECIALIZED.get(query.shape[-1])
+        if self._long_sequence_op is not None and warp_specialized is not None \
+                and query.shape[1] >= warp_specialized.from_tokens:
+            return self._long_sequence_op(query, key, value, warp_specialized.config)
+        if self.implementation in ("auto", "triton"):  # the Triton op takes a config
             return self._op(query, key, value, "bshd", self.config, self.qk_dtype, Q_GROUP, K_GROUP)
+        if self.implementation == "gluon-ws":  # its config for this head dim, as 'auto' would take it
+            return self._op(query, key, value, warp_specialized.config if warp_specialized else "default")
         return self._op(query, key, value)
 
 
