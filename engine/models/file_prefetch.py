@@ -37,11 +37,8 @@ RECENT_SECONDS = 600.0  # a model's files are all loaded within this, so the che
 def available_memory_bytes() -> int | None:
     """Memory the page cache can take without evicting what is being read: the system's available memory (Linux:
     MemAvailable), or less where a container's memory limit leaves less; None where it cannot be told."""
-    system = _system_available_bytes()
-    container = container_headroom_bytes()
-    if system is None or container is None:
-        return system if container is None else container
-    return min(system, container)
+    known = [b for b in (_system_available_bytes(), container_headroom_bytes()) if b is not None]
+    return min(known) if known else None
 
 
 def _system_available_bytes() -> int | None:
@@ -68,7 +65,8 @@ def container_headroom_bytes(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
             (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.stat", ("total_rss", "rss"))):
         try:
             limit_text = limit_file.read_text().strip()
-            stats = dict(line.split()[:2] for line in stat_file.read_text().splitlines() if len(line.split()) >= 2)
+            lines = [line.split() for line in stat_file.read_text().splitlines()]
+            stats = dict(fields[:2] for fields in lines if len(fields) >= 2)
         except OSError:
             continue
         if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= 2**62:  # v1 writes "no limit" huge
@@ -196,8 +194,10 @@ def prefetch_files(paths, *, force: bool = False) -> list[Prefetch]:
     now = time.monotonic()
     with _recent_lock:
         recent = recently_prefetched_bytes(now)
-        if not force and skip_reason(total, available_memory_bytes(), os.environ.get(ENVIRONMENT_SWITCH),
-                                     recent) is not None:
+        # the memory probe (/proc, cgroup files) only for checkpoints big enough to need it: small ones (LoRAs,
+        # encoders' side files) are refused on their size alone
+        available = available_memory_bytes() if total >= MIN_BYTES else None
+        if not force and skip_reason(total, available, os.environ.get(ENVIRONMENT_SWITCH), recent) is not None:
             return []
         if _start_readers() == 0:
             return []
