@@ -233,8 +233,8 @@ def check_kernels(args) -> list[dict]:
                 # warp-specialized: a loader warp and two consumer warpgroups sharing each K / V block
                 from reelsmith.engine.models.attention_fp8_gluon_ws import GLUON_WS_CONFIGS, gluon_ws_fp8_attention
                 for name in args.ws_configs:
-                    if GLUON_WS_CONFIGS[name].consumers == 3 and dim != 64:
-                        continue  # three consumers' registers hold a head dim 64 accumulator only
+                    if dim not in GLUON_WS_CONFIGS[name].head_dims:
+                        continue
                     record(f"fp8 int8 gluon-ws {name}",
                            lambda c=GLUON_WS_CONFIGS[name]: gluon_ws_fp8_attention(q, k, v, "bshd", c), quant_s)
         # cuDNN's own FP8 flash attention (per-tensor scales), with our smoothing

@@ -591,6 +591,12 @@ class GluonWsConfig:
         return CONSUMER_ROWS.value
 
     @property
+    def head_dims(self) -> tuple[int, ...]:
+        """The head dims it takes: three consumers' 160 registers hold a head dim 64 accumulator only (at 128 they
+        spill)."""
+        return (64, ) if self.consumers == 3 else (64, 128)
+
+    @property
     def block_m(self) -> int:
         """Query rows per program: every consumer's."""
         return self.consumers * CONSUMER_ROWS.value
@@ -624,10 +630,11 @@ def gluon_ws_fp8_attention(q, k, v, layout: str = "bshd", config: GluonWsConfig 
     kernel. Hopper only: Gluon has no CPU interpreter."""
     from .attention_fp8_quant import logical_strides
 
-    if config.consumers == 3 and q.shape[-1] != 64:
-        raise InvalidInputError(f"Warp-specialized config {config.name} takes head dim 64 only (got {q.shape[-1]}): "
-                                "three consumers get 160 registers each, too few for a head dim 128 accumulator "
-                                "(it spills). Use a two-consumer config.")
+    if q.shape[-1] not in config.head_dims:
+        why = (": three consumers get 160 registers each, too few for a head dim 128 accumulator (it spills). Use a "
+               "two-consumer config." if config.consumers == 3 else ".")
+        raise InvalidInputError(f"Warp-specialized config {config.name} takes head dim "
+                                f"{' or '.join(map(str, config.head_dims))} only (got {q.shape[-1]}){why}")
     qkv, descriptors, out = quantised_inputs(q, k, v, layout, config.query_rows, config.key_rows, v_mma_order=True)
     grid = (triton.cdiv(qkv.tokens, config.block_m), qkv.batch * qkv.heads)
     _fp8_attention_ws_kernel[grid](*descriptors, qkv.q_scales, qkv.k_scales, qkv.v_scales, qkv.v_means,
