@@ -324,6 +324,18 @@ def _issue_row_sums(p, sums, ones, MMA_SUMS: gl.constexpr):
 
 
 @gluon.jit
+def _issue_pv_and_sums(p, alpha, acc, sums, ones, v_smem, v_ready, j, STAGES: gl.constexpr, o_layout: gl.constexpr,
+                       MMA_SUMS: gl.constexpr):
+    """acc (and with MMA_SUMS the running sums) rescaled by block j's alpha, then P[j].V[j] issued from registers
+    (and with MMA_SUMS P[j]'s row sums, _issue_row_sums); both in flight until _pv_landed."""
+    p8 = _as_operand(p, o_layout)
+    acc = _issue_pv(p8, _rescaled(acc, alpha, o_layout), v_smem, v_ready, j, STAGES)
+    if MMA_SUMS:
+        sums = _rescaled(sums, alpha, SUMS_LAYOUT)
+    return acc, sums, _issue_row_sums(p8, sums, ones, MMA_SUMS)
+
+
+@gluon.jit
 def _pv_landed(acc, sums, block_sums, MMA_SUMS: gl.constexpr):
     """acc once P.V is done, and with MMA_SUMS the running row sums with this block's (_issue_row_sums) added."""
     if MMA_SUMS:
@@ -341,19 +353,15 @@ def _overlapped_step_in_registers(j, p, alpha, acc, sums, ones, row_max, row_sum
                                   WG: gl.constexpr, SLOT_RELEASE: gl.constexpr, MMA_SUMS: gl.constexpr,
                                   MASK: gl.constexpr):
     """_overlapped_step with P in registers (V's keys in the MMA's order make P its operand without moving data).
-    On entry it is this consumer's turn, P[j] (fp32) and its alpha are in registers, acc is not in flight: acc
-    rescaled, Q.K[j+1]^T and P[j].V[j] issued together, block j+1's softmax while P[j].V[j] runs, then the next
+    On entry it is this consumer's turn, P[j] (fp32) and its alpha are in registers, acc is not in flight:
+    Q.K[j+1]^T issued, acc rescaled and P[j].V[j] issued, block j+1's softmax while P[j].V[j] runs, then the next
     turn taken before P[j].V[j] is waited for: the turn's wait is a loop, so ptxas cannot hoist the MMA wait above
     the softmax's exp2s (it does when the two are in one basic block). MMA_SUMS: P's row sums accumulate on the
     tensor cores (_issue_row_sums), added to `sums` (rescaled with acc), instead of by 64 adds per thread."""
     KEY_ROWS: gl.constexpr = k_smem.shape[1]
-    acc = _rescaled(acc, alpha, o_layout)
-    if MMA_SUMS:
-        sums = _rescaled(sums, alpha, SUMS_LAYOUT)
     s = _issue_scores(q_tile, k_smem, k_ready, j + 1, STAGES, s_layout, KEY_ROWS)
-    p8 = _as_operand(p, o_layout)
-    acc = _issue_pv(p8, acc, v_smem, v_ready, j, STAGES)
-    block_sums = _issue_row_sums(p8, sums, ones, MMA_SUMS)
+    acc, sums, block_sums = _issue_pv_and_sums(p, alpha, acc, sums, ones, v_smem, v_ready, j, STAGES, o_layout,
+                                               MMA_SUMS)
     _pass_turn(turns, WG)
     row_factor = _row_factor(q_scales, k_scales_base, (j + 1) * KEY_ROWS, K_GROUP)
     # the scores only: P[j].V[j] (and P[j]'s sums) run on through the softmax
@@ -396,11 +404,8 @@ def _attend_overlapped_in_registers(acc, row_max, row_sum, ones, q_tile, k_smem,
             k_empty, v_empty, turns, q_scales, k_scales_base, S, K_GROUP, STAGES, s_layout, o_layout, WG,
             SLOT_RELEASE, MMA_SUMS, True)
     # this consumer's last turn is taken: the last block's P.V
-    p8 = _as_operand(p, o_layout)
-    acc = _issue_pv(p8, _rescaled(acc, alpha, o_layout), v_smem, v_ready, blocks - 1, STAGES)
-    if MMA_SUMS:
-        sums = _rescaled(sums, alpha, SUMS_LAYOUT)
-    block_sums = _issue_row_sums(p8, sums, ones, MMA_SUMS)
+    acc, sums, block_sums = _issue_pv_and_sums(p, alpha, acc, sums, ones, v_smem, v_ready, blocks - 1, STAGES,
+                                               o_layout, MMA_SUMS)
     _pass_turn(turns, WG)
     acc, sums = _pv_landed(acc, sums, block_sums, MMA_SUMS)
     if MMA_SUMS:
